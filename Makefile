@@ -1,0 +1,50 @@
+# minidiff: the two commands a learner needs are `make demo` and `make test`.
+# Both create .venv on first use and install the project into it; nothing else is assumed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-test
+NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.py)
+
+.PHONY: demo test test-slow notebooks lab lint clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "minidiff needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install whenever pyproject.toml changes (the stamp is older than it).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+## demo: train and sample the chapters' models; figures go to out/, measurements to the terminal
+demo: $(STAMP)
+	$(BIN)/python -m minidiff demo --out out
+
+## test: unit tests, then every notebook executed in fast mode (MINIDIFF_FAST=1)
+# pytest exits 5 when it collects no test; that is reported, not treated as a crash.
+test: $(STAMP)
+	MINIDIFF_FAST=1 $(BIN)/python -m pytest -m "not slow" -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+## test-slow: the long checks (full training runs against the shipped numbers)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+## notebooks: execute every notebook in full mode and write its outputs into the .ipynb
+notebooks: $(STAMP)
+	$(BIN)/python -m minidiff._notebooks --execute $(NOTEBOOKS)
+
+## lab: open the notebooks in JupyterLab
+lab: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,lab]'
+	$(BIN)/jupyter lab notebooks/
+
+## lint: ruff over the package, the tests and the notebooks' sources
+lint: $(STAMP)
+	$(BIN)/ruff check minidiff tests notebooks/*.py data/make_mnist.py
+
+clean:
+	rm -rf out .pytest_cache .hypothesis .ruff_cache

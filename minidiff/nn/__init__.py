@@ -1,0 +1,39 @@
+"""The neural-net toolbox: pytrees, layers, optimisers and checkpoints, built on autograd."""
+
+from . import checkpoint
+from .layers import (
+    fourier_embedding,
+    init_fourier,
+    init_linear,
+    linear,
+    mean,
+    sigmoid,
+    silu,
+    sinusoidal_embedding,
+)
+from .optim import (
+    adam_init,
+    adam_update,
+    clip_by_global_norm,
+    ema_decay,
+    ema_update,
+    global_norm,
+    warmup_lr,
+)
+from .tree import (
+    tree_cast,
+    tree_dot,
+    tree_flatten,
+    tree_leaves,
+    tree_map,
+    tree_size,
+    tree_structure,
+    tree_unflatten,
+)
+
+__all__ = [
+    "checkpoint", "fourier_embedding", "init_fourier", "init_linear", "linear", "mean", "sigmoid",
+    "silu", "sinusoidal_embedding", "adam_init", "adam_update", "clip_by_global_norm",
+    "ema_decay", "ema_update", "global_norm", "warmup_lr", "tree_cast", "tree_dot",
+    "tree_flatten", "tree_leaves", "tree_map", "tree_size", "tree_structure", "tree_unflatten",
+]
