@@ -185,6 +185,14 @@ def ncsn_batches(data, sigmas, batch_size, dtype=onp.float32):
     return batch_fn
 
 
+def relative_score_error(score, exact_score, x, sigma):
+    """Relative root-mean-square error ``sqrt(sum |s - s*|² / sum |s*|²)`` of a learned
+    ``score(x, sigma)`` against the exact score ``exact_score(x)`` at the points ``x: (N, D)``."""
+    learned = onp.asarray(score(x, sigma), dtype=onp.float64)
+    exact = onp.asarray(exact_score(x), dtype=onp.float64)
+    return float(onp.sqrt(onp.sum((learned - exact) ** 2) / onp.sum(exact**2)))
+
+
 def mode_fractions(x, means):
     """Fraction of points whose nearest mean is each of ``means: (K, D)``: how a sampler split
     its mass between modes. Returns ``(K,)``."""

@@ -37,6 +37,14 @@ def test_mean_keeps_float32_gradient():
     np.testing.assert_allclose(autograd.grad(lambda x: nn.mean(x, axis=0).sum())(x), 1 / 4)
 
 
+def test_sigmoid_primitive_passes_check_grads_and_keeps_dtype():
+    x = np.linspace(-6, 6, 13)
+    check_grads(nn.sigmoid, modes=["rev"], order=2)(x)
+    check_grads(nn.silu, modes=["rev"], order=2)(x)
+    g = autograd.elementwise_grad(nn.silu)(np.array([-1e4, 0.0, 1e4], np.float32))
+    assert g.dtype == np.float32 and np.array_equal(g, [0.0, 0.5, 1.0])
+
+
 def test_silu_matches_definition_and_is_stable():
     x = np.array([-1000.0, -3.0, 0.0, 2.0, 1000.0])
     np.testing.assert_allclose(nn.silu(x), x / (1 + np.exp(-np.clip(x, -700, 700))), atol=1e-300)

@@ -69,11 +69,10 @@ def load(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
     try:
-        with onp.load(path, allow_pickle=False) as z:
+        # Open the file ourselves: np.load leaks its handle when the zip is unreadable.
+        with open(path, "rb") as fh, onp.load(fh, allow_pickle=False) as z:
             names = list(z.files)
-            if "__header__" not in names:
-                raise ValueError(f"{path!r} is not a minidiff checkpoint (no __header__ entry)")
-            header = json.loads(str(z["__header__"]))
+            header = json.loads(str(z["__header__"])) if "__header__" in names else {}
             arrays = {n: z[n] for n in names if n != "__header__"}
     except (zipfile.BadZipFile, EOFError, OSError, json.JSONDecodeError) as err:
         raise ValueError(f"checkpoint {path!r} is truncated or damaged: {err}") from None
