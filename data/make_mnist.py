@@ -91,7 +91,8 @@ def main():
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
                 gz.write(blob)
         os.replace(tmp_path, path)
-        print(f"{path.relative_to(OUT.parent.parent)}  {path.stat().st_size:>9} bytes  sha256(idx) ok")
+        size = path.stat().st_size
+        print(f"{path.relative_to(OUT.parent.parent)}  {size:>9} bytes  sha256(idx) ok")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def demo_chapter1(out, fast, seed=0):
           f"annealed Langevin {f_annealed:.3f}   ({n} chains, exact scores)")
     fig, axes = plt.subplots(1, 3, figsize=(9, 3))
     for ax, x, title in zip(axes, [gm.sample(n, rng), plain, annealed],
-                            ["data", f"Langevin: {f_plain:.2f} heavy", 
+                            ["data", f"Langevin: {f_plain:.2f} heavy",
                              f"annealed: {f_annealed:.2f} heavy"], strict=True):
         plot.points(ax, x, lim=8)
         ax.set_title(title)

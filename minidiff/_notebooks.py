@@ -30,25 +30,27 @@ def cell_sources(nb):
 
 
 def execute(nb, cwd, fast, timeout=600):
-    """Run every cell of ``nb`` in a fresh python3 kernel; returns the notebook with outputs."""
-    env = dict(os.environ)
+    """Run every cell of ``nb`` in a fresh python3 kernel; returns the notebook with outputs.
+
+    The kernel inherits this process's environment at launch, so ``MINIDIFF_FAST`` is set (or
+    removed) around the run and restored afterwards.
+    """
+    saved = {k: os.environ.get(k) for k in ("MINIDIFF_FAST", "MPLBACKEND")}
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     if fast:
-        env["MINIDIFF_FAST"] = "1"
+        os.environ["MINIDIFF_FAST"] = "1"
     else:
-        env.pop("MINIDIFF_FAST", None)
-    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd)}}, env=env)
-    # nbclient passes `env` on to the kernel manager through start_new_kernel's kwargs.
-    client.start_new_kernel = _with_env(client.start_new_kernel, env)
-    return client.execute()
-
-
-def _with_env(start, env):
-    def wrapped(**kwargs):
-        kwargs.setdefault("env", env)
-        return start(**kwargs)
-    return wrapped
+        os.environ.pop("MINIDIFF_FAST", None)
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(cwd)}})
+        return client.execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def main(argv=None):

@@ -151,7 +151,8 @@ def _param_dtype(params):
 def ncsn_loss(apply):
     """Denoising score matching over a ladder of noise levels (Song & Ermon 2019, eqs. (5)-(6)).
 
-    For ``x~ = x0 + sigma eps`` the perturbation kernel's score is ``-(x~ - x0)/sigma² = -eps/sigma``
+    For ``x~ = x0 + sigma eps`` the perturbation kernel's score is
+    ``-(x~ - x0) / sigma² = -eps / sigma``
     (Vincent 2011). With weight ``lambda(sigma) = sigma²`` the objective is
 
         L = 1/2 E_{sigma, x0, eps} || sigma s(x~, sigma) + eps ||²  =  1/2 E || eps_hat - eps ||²

@@ -29,7 +29,10 @@ def per_sample(c, x, name="coefficient", positive=False):
 
 
 def score_from_eps(eps, sigma):
-    """``score = -eps / sigma`` (Song et al. 2021, sec. 3; DDPM's ``-eps / sqrt(1 - alpha_bar)``)."""
+    """``score = -eps / sigma`` (Song et al. 2021, sec. 3).
+
+    DDPM's form of the same identity is ``s = -eps_theta / sqrt(1 - alpha_bar)``.
+    """
     return -eps / per_sample(sigma, eps, "sigma", positive=True)
 
 

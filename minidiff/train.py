@@ -87,7 +87,8 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, clip=None, ema=0.9
         raise ValueError(f"`lr` must be positive (got {lr!r})")
     if checkpoint_every is not None and not (isinstance(checkpoint_every, int)
                                              and checkpoint_every > 0):
-        raise ValueError(f"`checkpoint_every` must be a positive integer (got {checkpoint_every!r})")
+        raise ValueError("`checkpoint_every` must be a positive integer "
+                         f"(got {checkpoint_every!r})")
     value_and_grad = autograd.value_and_grad(loss)
     while state.step < steps:
         batch = batch_fn(state.rng)

@@ -1,1 +1,1 @@
-"""Score networks: each module is an ``init(rng, ...) -> params`` and ``apply(params, ...)`` pair."""
+"""Score networks: each module is an ``init(rng, ...) -> params``, ``apply(params, ...)`` pair."""

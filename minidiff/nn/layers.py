@@ -85,7 +85,8 @@ def sinusoidal_embedding(t, dim, max_period=10000.0, dtype=onp.float32):
 
 
 def init_fourier(rng, dim, scale=16.0, dtype=onp.float32):
-    """Random Fourier features of a scalar (Tancik et al. 2020); ``{"W": (dim/2,)}``, ``W ~ N(0, scale²)``.
+    """Random Fourier features of a scalar (Tancik et al. 2020): ``{"W": (dim/2,)}``,
+    ``W ~ N(0, scale²)``.
 
     Song et al. 2021 embed ``log sigma`` this way with scale 16 in their NCSN++ models.
     """
