@@ -108,6 +108,18 @@ class GaussianMixture:
         diff = self.means[None] - x[:, None, :]  # (N, K, D)
         return onp.einsum("nk,kij,nkj->ni", r, self.precisions, diff)
 
+    def score_divergence(self, x):
+        """Closed-form ``div s(x) = tr(grad_x s)``, shape ``(N,)``. With
+        ``a_k = S_k^{-1}(mu_k - x)``, ``s = sum_k r_k a_k`` and ``grad r_k = r_k (a_k - s)``, so
+        ``div s = sum_k r_k (|a_k|² - tr S_k^{-1}) - |s|²``. The probability-flow likelihood
+        (chapter 4) integrates it."""
+        x = onp.asarray(x, dtype=onp.float64)
+        r = self.responsibilities(x)  # (N, K)
+        a = onp.einsum("kij,nkj->nki", self.precisions, self.means[None] - x[:, None, :])
+        s = onp.einsum("nk,nki->ni", r, a)  # the score
+        traces = onp.trace(self.precisions, axis1=1, axis2=2)  # (K,)
+        return onp.einsum("nk,nk->n", r, (a**2).sum(-1) - traces) - (s**2).sum(-1)
+
     def noised(self, alpha, sigma):
         """The law of ``alpha * x0 + sigma * eps``, ``x0 ~ self``, ``eps ~ N(0, I)``: a mixture with
         means ``alpha mu_k`` and covariances ``alpha² S_k + sigma² I``."""

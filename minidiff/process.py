@@ -2,10 +2,12 @@
 
     x_t = alpha(t) * x0 + sigma(t) * eps,        eps ~ N(0, I)
 
-DDPM (a discrete variance-preserving chain), the score SDEs (VP, sub-VP, VE), EDM (alpha = 1,
-sigma = t), rectified flow (alpha = 1 - t, sigma = t) and SiT's interpolants are all choices of
-``(alpha, sigma)``. A path is a small frozen object with ``alpha(t)``, ``sigma(t)`` and, for the
-velocity targets, their time derivatives; ``marginal`` draws ``x_t`` given ``x0`` and ``eps``.
+DDPM (a discrete variance-preserving chain, ``DiscreteVP``), the score SDEs (``VP``, ``SubVP``,
+``VE``), EDM (alpha = 1, sigma = t: ``SigmaPath``), rectified flow (alpha = 1 - t, sigma = t:
+``Linear``) and SiT's interpolants are all choices of ``(alpha, sigma)``. A path is a small frozen
+object with ``alpha(t)``, ``sigma(t)`` and their time derivatives; from these alone follow the SDE
+coefficients ``f`` and ``g²`` (``GaussianPath.f``, ``.g2``), written once for every path.
+``marginal`` draws ``x_t`` given ``x0`` and ``eps``.
 
 The signal-to-noise ratio is ``snr(t) = alpha(t)² / sigma(t)²`` (Kingma et al. 2021, eq. (2)).
 """
@@ -26,9 +28,29 @@ class GaussianPath:
     def sigma(self, t):
         raise NotImplementedError
 
+    def dalpha(self, t):
+        raise NotImplementedError(f"{type(self).__name__} has no time derivative of alpha")
+
+    def dsigma(self, t):
+        raise NotImplementedError(f"{type(self).__name__} has no time derivative of sigma")
+
     def snr(self, t):
         """``alpha(t)² / sigma(t)²``."""
         return (self.alpha(t) / self.sigma(t)) ** 2
+
+    def f(self, t):
+        """SDE drift coefficient ``f(t) = d log alpha / dt`` (the SDE is ``dx = f x dt + g dw``)."""
+        return self.dalpha(t) / self.alpha(t)
+
+    def g2(self, t):
+        """Squared diffusion ``g(t)² = d sigma²/dt - 2 f(t) sigma²``.
+
+        Both follow from asking that ``dx = f(t) x dt + g(t) dw`` have the marginals
+        ``N(alpha x0, sigma² I)``: the mean obeys ``m' = f m`` and the variance
+        ``v' = 2 f v + g²`` (Särkkä & Solin 2019, eq. (5.51)); Kingma et al. 2021, appendix A.1,
+        derive the same pair."""
+        s = self.sigma(t)
+        return 2.0 * s * self.dsigma(t) - 2.0 * self.f(t) * s * s
 
     def marginal(self, x0, t, eps):
         """``x_t = alpha(t) x0 + sigma(t) eps``; ``t`` scalar or ``(N,)``; ``x0, eps: (N, ...)``."""
@@ -77,9 +99,9 @@ class DiscreteVP(GaussianPath):
 
 
 @dataclasses.dataclass(frozen=True)
-class VarianceExploding(GaussianPath):
-    """``alpha = 1``, ``sigma = t``: noise added, signal never shrunk (NCSN; Karras et al. 2022
-    write every model in this frame, with ``t = sigma``). ``t`` must be positive."""
+class SigmaPath(GaussianPath):
+    """``alpha = 1``, ``sigma = t``: noise added, signal never shrunk. Karras et al. (2022) write
+    every model in this frame, with time equal to the noise level (EDM; ``samplers.py``)."""
 
     def alpha(self, t):
         return onp.ones_like(onp.asarray(t, dtype=onp.float64))
@@ -95,6 +117,92 @@ class VarianceExploding(GaussianPath):
 
     def dsigma(self, t):
         return onp.ones_like(onp.asarray(t, dtype=onp.float64))
+
+
+def _times(t, t_max=1.0):
+    t = onp.asarray(t, dtype=onp.float64)
+    if not onp.all((t >= 0) & (t <= t_max)):
+        raise ValueError(f"`t` must lie in [0, {t_max}] (got {t!r})")
+    return t
+
+
+@dataclasses.dataclass(frozen=True)
+class VP(GaussianPath):
+    """The variance-preserving SDE ``dx = -½ beta(t) x dt + sqrt(beta(t)) dw``, ``t`` in [0, 1],
+    ``beta(t) = beta_min + t (beta_max - beta_min)`` (Song et al. 2021, eq. (11)).
+
+    Its marginals have ``alpha = exp(-½ B(t))`` with
+    ``B(t) = int_0^t beta = beta_min t + ½ (beta_max - beta_min) t²``, and
+    ``sigma² = 1 - alpha²`` (their eq. (29)). DDPM's chain is its discretisation with
+    ``beta_i = beta(t_i) / T`` (their appendix B): 0.1 and 20 are 1000 x 1e-4 and 1000 x 0.02."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def beta(self, t):
+        return self.beta_min + _times(t) * (self.beta_max - self.beta_min)
+
+    def big_b(self, t):
+        t = _times(t)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t
+
+    def alpha(self, t):
+        return onp.exp(-0.5 * self.big_b(t))
+
+    def sigma(self, t):
+        return onp.sqrt(-onp.expm1(-self.big_b(t)))
+
+    def dalpha(self, t):
+        return -0.5 * self.beta(t) * self.alpha(t)
+
+    def dsigma(self, t):
+        # d/dt sqrt(1 - a²) = -a a' / sigma = ½ beta a² / sigma
+        return 0.5 * self.beta(t) * self.alpha(t) ** 2 / self.sigma(t)
+
+    def t_from_ratio(self, r):
+        """The time at which ``sigma / alpha = r`` (the noise level in the sigma frame):
+        ``B(t) = log(1 + r²)``, a quadratic in ``t``."""
+        if type(self) is not VP:
+            raise NotImplementedError("t_from_ratio is written for the VP path")
+        b = onp.log1p(onp.asarray(r, dtype=onp.float64) ** 2)
+        k = self.beta_max - self.beta_min
+        return (-self.beta_min + onp.sqrt(self.beta_min**2 + 2 * k * b)) / k
+
+
+@dataclasses.dataclass(frozen=True)
+class SubVP(VP):
+    """The sub-VP SDE (Song et al. 2021, eq. (12)): the VP drift with diffusion
+    ``g² = beta(t) (1 - exp(-2 B(t)))``; its marginal std is ``sigma = 1 - alpha²``, below the VP's
+    ``sqrt(1 - alpha²)`` at every ``t`` (their eq. (29))."""
+
+    def sigma(self, t):
+        return -onp.expm1(-self.big_b(t))
+
+    def dsigma(self, t):
+        return self.beta(t) * self.alpha(t) ** 2  # d/dt (1 - a²) = -2 a a' = beta a²
+
+
+@dataclasses.dataclass(frozen=True)
+class VE(GaussianPath):
+    """The variance-exploding SDE of NCSN++ (Song et al. 2021, eq. (9) and appendix C):
+    ``alpha = 1``, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` for ``t`` in [0, 1], so
+    ``g² = 2 sigma² log(sigma_max / sigma_min)``. At ``t = 0`` the law is the data plus noise of
+    std ``sigma_min``, not the data itself (the paper's convention; small against the data)."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+
+    def alpha(self, t):
+        return onp.ones_like(_times(t))
+
+    def sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _times(t)
+
+    def dalpha(self, t):
+        return onp.zeros_like(_times(t))
+
+    def dsigma(self, t):
+        return self.sigma(t) * onp.log(self.sigma_max / self.sigma_min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +225,7 @@ class Linear(GaussianPath):
 
     @staticmethod
     def _check(t):
-        t = onp.asarray(t, dtype=onp.float64)
-        if not onp.all((t >= 0) & (t <= 1)):
-            raise ValueError(f"`t` must lie in [0, 1] (got {t!r})")
-        return t
+        return _times(t)
 
 
 def oracle(mixture, path, kind="eps"):

@@ -161,3 +161,100 @@ def convert(pred, source, target, xt, alpha, sigma, dalpha=None, dsigma=None):
 def _need_derivatives(dalpha, dsigma):
     if dalpha is None or dsigma is None:
         raise ValueError("the velocity target needs the path's derivatives `dalpha` and `dsigma`")
+
+
+# ----------------------------------------------------------------------------- training targets
+
+def target(kind, x0, eps, alpha, sigma, dalpha=None, dsigma=None):
+    """The regression target of a network that predicts ``kind``, from the pair ``(x0, eps)``
+    that made ``x_t = alpha x0 + sigma eps`` (each by its own definition, module docstring)."""
+    if kind == "eps":
+        return eps
+    if kind == "x0":
+        return x0
+    a, s = per_sample(alpha, x0, "alpha"), per_sample(sigma, x0, "sigma", positive=True)
+    if kind == "v":
+        return a * eps - s * x0
+    if kind == "velocity":
+        _need_derivatives(dalpha, dsigma)
+        return per_sample(dalpha, x0, "dalpha") * x0 + per_sample(dsigma, x0, "dsigma") * eps
+    if kind == "score":
+        return -eps / s
+    raise ValueError(f"unknown prediction kind {kind!r}: expected one of {KINDS}")
+
+
+def squared_error(pred, truth):
+    """``|pred - truth|²`` per sample, summed over every non-batch axis: shape ``(N,)``."""
+    d = pred - truth
+    return np.sum(np.reshape(d * d, (np.shape(d)[0], -1)), axis=1)
+
+
+def x0_error_factor(kind, alpha, sigma):
+    """The factor ``w`` with ``|kind_hat - kind|² = w |x0_hat - x0|²`` when both predictions come
+    from the same ``x_t`` (so ``eps_hat - eps = -(alpha / sigma)(x0_hat - x0)``):
+
+    - x0: 1;  eps: ``SNR = alpha²/sigma²``;  v: ``(alpha² + sigma²)² / sigma² = (SNR + 1)(alpha² +
+      sigma²)``, which is ``SNR + 1`` on a variance-preserving path (``alpha² + sigma² = 1``).
+
+    These are the frames of Min-SNR (Hang et al. 2023, sec. 3.3): an eps loss *is* an x0 loss
+    weighted by SNR, a v loss one weighted by SNR + 1 (on VP paths)."""
+    snr = (alpha / sigma) ** 2
+    if kind == "x0":
+        return onp.ones_like(onp.asarray(snr, dtype=float))
+    if kind == "eps":
+        return snr
+    if kind == "v":
+        return (alpha**2 + sigma**2) ** 2 / sigma**2
+    raise ValueError(f"x0_error_factor is defined for 'x0', 'eps' and 'v' (got {kind!r})")
+
+
+def min_snr_weight(kind, alpha, sigma, gamma=5.0):
+    """Min-SNR-gamma (Hang et al. 2023, eq. (9)): weight the x0 error by ``min(SNR, gamma)``.
+    Expressed as a weight on the ``kind`` loss this is ``min(SNR, gamma) / x0_error_factor`` —
+    ``min(SNR, gamma)/SNR`` for eps, ``min(SNR, gamma)/(SNR + 1)`` for v on a VP path — so the three
+    weighted losses are one and the same objective."""
+    snr = (onp.asarray(alpha, dtype=float) / onp.asarray(sigma, dtype=float)) ** 2
+    return onp.minimum(snr, gamma) / x0_error_factor(kind, alpha, sigma)
+
+
+# ----------------------------------------------------------------------------- EDM
+
+def edm_precond(sigma, sigma_data=0.5):
+    """EDM's preconditioning (Karras et al. 2022, table 1, "Ours"):
+    ``c_skip = sd² / (sigma² + sd²)``, ``c_out = sigma sd / sqrt(sigma² + sd²)``,
+    ``c_in = 1 / sqrt(sigma² + sd²)``, ``c_noise = ln(sigma) / 4``. Returns the four as arrays."""
+    sigma = onp.asarray(sigma, dtype=onp.float64)
+    if not onp.all(sigma > 0):
+        raise ValueError(f"`sigma` must be positive (got min {sigma.min()})")
+    total = sigma**2 + sigma_data**2
+    return (sigma_data**2 / total, sigma * sigma_data / onp.sqrt(total), 1.0 / onp.sqrt(total),
+            0.25 * onp.log(sigma))
+
+
+def edm_denoiser(net, sigma_data=0.5):
+    """``D(x, sigma) = c_skip x + c_out F(c_in x; c_noise)`` (Karras et al. 2022, eq. (7)) from a
+    raw network ``net(params, x, c_noise)``; returns ``D(params, x, sigma)``, sigma per sample."""
+    def denoise(params, x, sigma):
+        c_skip, c_out, c_in, c_noise = edm_precond(getval(sigma), sigma_data)
+        c_skip, c_out, c_in = (per_sample(c.astype(x.dtype), x) for c in (c_skip, c_out, c_in))
+        return c_skip * x + c_out * net(params, c_in * x, c_noise.astype(x.dtype))
+    return denoise
+
+
+def edm_loss_weight(sigma, sigma_data=0.5):
+    """``lambda(sigma) = (sigma² + sd²) / (sigma sd)² = 1 / c_out²`` (Karras et al. 2022, tab 1)."""
+    sigma = onp.asarray(sigma, dtype=onp.float64)
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def edm_effective_target(x0, eps, sigma, sigma_data=0.5):
+    """What ``F`` is trained to output: ``(x0 - c_skip (x0 + sigma eps)) / c_out`` (Karras et al.
+    2022, eq. (8)). For data of std ``sigma_data`` it has unit variance at every ``sigma``."""
+    c_skip, c_out, _, _ = edm_precond(sigma, sigma_data)
+    c_skip, c_out = per_sample(c_skip, x0), per_sample(c_out, x0)
+    return (x0 - c_skip * (x0 + per_sample(sigma, x0) * eps)) / c_out
+
+
+def edm_sigmas(n, rng, p_mean=-1.2, p_std=1.2):
+    """Training noise levels: ``ln sigma ~ N(P_mean, P_std²)`` (Karras et al. 2022, table 1)."""
+    return onp.exp(p_mean + p_std * rng.standard_normal(n))

@@ -1,0 +1,116 @@
+"""Samplers over a grid of noise levels, for a denoiser ``D(x, sigma) ≈ E[x0 | x]``.
+
+In the frame of Karras et al. (2022) — ``x = x0 + sigma eps``, time equal to ``sigma`` — the
+probability-flow ODE is simply ``dx/dsigma = (x - D(x, sigma)) / sigma`` (their eq. (3) with
+``s(t) = 1``, ``sigma(t) = t``); every model of the book can be put in this frame (a VP model at
+time ``t`` sees ``x / alpha`` with ``sigma = sigma(t) / alpha(t)``). The samplers here:
+
+- ``euler``: first order, one evaluation per step.
+- ``heun``: second order (Karras et al. 2022, Algorithm 2), with optional stochastic "churn".
+- ``euler_ancestral``: Euler to a lower level, then fresh noise back up (k-diffusion's form of
+  DDPM's ancestral step).
+- ``dpm_solver_pp_2m``: DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second order, multistep,
+  exact in the linear part by working in ``log sigma``.
+
+``denoiser(x, sigma)`` takes a scalar ``sigma``; a grid ends with 0.
+"""
+
+import math
+
+import numpy as onp
+
+
+def karras_sigmas(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """The EDM grid (Karras et al. 2022, eq. (5)):
+    ``sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``, then
+    a final 0. ``rho = 7`` spends more steps at low noise."""
+    if not (isinstance(n, int) and n >= 2):
+        raise ValueError(f"`n` must be an integer >= 2 (got {n!r})")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max (got {sigma_min}, {sigma_max})")
+    ramp = onp.linspace(0, 1, n)
+    inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    return onp.append(inv**rho, 0.0)
+
+
+def _check(sigmas):
+    sigmas = onp.asarray(sigmas, dtype=onp.float64)
+    if sigmas.ndim != 1 or sigmas.size < 2 or onp.any(onp.diff(sigmas) >= 0) or sigmas[-1] < 0:
+        raise ValueError("`sigmas` must be a strictly decreasing 1-D grid of at least two "
+                         "non-negative noise levels (usually ending in 0)")
+    return sigmas
+
+
+def _d(denoiser, x, sigma):
+    """The ODE's slope ``dx/dsigma = (x - D(x, sigma)) / sigma``."""
+    return (x - denoiser(x, sigma)) / sigma
+
+
+def euler(denoiser, x, sigmas):
+    """Euler's method on ``dx/dsigma``: ``x <- x + (sigma_next - sigma) d``."""
+    sigmas = _check(sigmas)
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        x = x + (s_next - s) * _d(denoiser, x, s)
+    return x
+
+
+def heun(denoiser, x, sigmas, rng=None, churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+    """Karras et al. (2022), Algorithm 2. Each step: optionally raise the noise level from
+    ``sigma`` to ``sigma_hat = sigma (1 + gamma)`` by adding fresh noise (``gamma =
+    min(churn / N, sqrt 2 - 1)`` inside ``[s_tmin, s_tmax]``), take an Euler step to
+    ``sigma_next``, and correct it with the slope there (the trapezoid rule) unless
+    ``sigma_next = 0``. ``churn = 0`` is the deterministic 2nd-order ODE solver."""
+    sigmas = _check(sigmas)
+    n = len(sigmas) - 1
+    if churn > 0 and rng is None:
+        raise ValueError("`rng` is needed when churn > 0")
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        gamma = min(churn / n, math.sqrt(2) - 1) if (churn > 0 and s_tmin <= s <= s_tmax) else 0.0
+        s_hat = s * (1 + gamma)
+        if gamma > 0:
+            x = x + math.sqrt(s_hat**2 - s**2) * s_noise * rng.standard_normal(x.shape)
+        d = _d(denoiser, x, s_hat)
+        x_next = x + (s_next - s_hat) * d
+        if s_next > 0:
+            x_next = x + (s_next - s_hat) * 0.5 * (d + _d(denoiser, x_next, s_next))
+        x = x_next
+    return x
+
+
+def euler_ancestral(denoiser, x, sigmas, rng, eta=1.0):
+    """Ancestral sampling with Euler steps: go down deterministically to ``sigma_down``, then add
+    noise of std ``sigma_up`` so the level is ``sigma_next`` again, with
+    ``sigma_up = min(sigma_next, eta sqrt(sigma_next² (sigma² - sigma_next²) / sigma²))`` and
+    ``sigma_down = sqrt(sigma_next² - sigma_up²)``. With ``eta = 1`` this is the variance
+    ``sigma_up²`` of DDPM's posterior written in the sigma frame."""
+    sigmas = _check(sigmas)
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
+        down = math.sqrt(s_next**2 - up**2)
+        x = x + (down - s) * _d(denoiser, x, s)
+        if up > 0:
+            x = x + up * rng.standard_normal(x.shape)
+    return x
+
+
+def dpm_solver_pp_2m(denoiser, x, sigmas):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in the sigma frame. With ``lambda = -log
+    sigma`` and ``h = lambda_next - lambda``, the linear part is solved exactly,
+    ``x <- (sigma_next / sigma) x - expm1(-h) D_hat``, where ``D_hat`` extrapolates the last two
+    denoiser outputs, ``(1 + 1/(2r)) D - 1/(2r) D_prev`` with ``r = h_prev / h`` (the first step
+    and the step to ``sigma = 0`` use ``D`` alone)."""
+    sigmas = _check(sigmas)
+    previous = None
+    for k, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
+        denoised = denoiser(x, s)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s / s_next)
+            d_hat = denoised
+            if previous is not None:
+                r = math.log(sigmas[k - 1] / s) / h
+                d_hat = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+            x = (s_next / s) * x - math.expm1(-h) * d_hat
+        previous = denoised
+    return x
