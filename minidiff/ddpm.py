@@ -257,7 +257,7 @@ def ddim_timesteps(T, steps, spacing="leading"):
       starts from pure noise, as Lin et al. recommend.
     - ``"linspace"``: ``round(linspace(0, T - 1, steps))``: both ends included.
     """
-    if not (isinstance(steps, int) and 1 <= steps <= T):
+    if not (isinstance(steps, int | onp.integer) and 1 <= steps <= T):
         raise ValueError(f"`steps` must be an integer in [1, {T}] (got {steps!r})")
     if spacing == "leading":
         return onp.arange(steps) * (T // steps)

@@ -24,7 +24,7 @@ def karras_sigmas(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
     """The EDM grid (Karras et al. 2022, eq. (5)):
     ``sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``, then
     a final 0. ``rho = 7`` spends more steps at low noise."""
-    if not (isinstance(n, int) and n >= 2):
+    if not (isinstance(n, int | onp.integer) and n >= 2):
         raise ValueError(f"`n` must be an integer >= 2 (got {n!r})")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max (got {sigma_min}, {sigma_max})")

@@ -85,3 +85,75 @@ def test_bad_input_is_named():
         targets.convert(np.ones((2, 2)), "eps", "velocity", np.ones((2, 2)), 1.0, 1.0)
     with pytest.raises(ValueError, match="does not determine the noise"):
         targets.eps_from_velocity(np.ones((2, 2)), np.ones((2, 2)), 1.0, 1.0, 1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- chapter 5
+
+def test_targets_are_the_definitions(rng):
+    x0, eps, a, s = rng.normal(size=(4, 2)), rng.normal(size=(4, 2)), 0.6, 0.8
+    np.testing.assert_allclose(targets.target("v", x0, eps, a, s), a * eps - s * x0)
+    np.testing.assert_allclose(targets.target("velocity", x0, eps, a, s, -1.0, 1.0), eps - x0)
+    np.testing.assert_allclose(targets.target("score", x0, eps, a, s), -eps / s)
+
+
+@pytest.mark.parametrize("vp", [True, False])
+def test_min_snr_frames(vp, rng):
+    # One network output per point, read as eps, x0 and v: on a VP path the three losses are
+    # exactly 1, SNR and SNR + 1 times the x0 error, and the Min-SNR-weighted losses coincide.
+    n = 64
+    t = rng.uniform(0.02, 0.98, n)
+    alpha = np.cos(t * np.pi / 2) if vp else 1.0 - t
+    sigma = np.sin(t * np.pi / 2) if vp else t
+    x0, eps = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))
+    xt = alpha[:, None] * x0 + sigma[:, None] * eps
+    eps_hat = rng.normal(size=(n, 3))  # a random "model"
+    loss = {k: targets.squared_error(targets.from_eps(k, eps_hat, xt, alpha, sigma),
+                                     targets.target(k, x0, eps, alpha, sigma))
+            for k in ("x0", "eps", "v")}
+    snr = (alpha / sigma) ** 2
+    np.testing.assert_allclose(loss["eps"], snr * loss["x0"], rtol=1e-9)
+    v_factor = snr + 1 if vp else (snr + 1) * (alpha**2 + sigma**2)
+    np.testing.assert_allclose(loss["v"], v_factor * loss["x0"], rtol=1e-9)
+    for k in loss:
+        np.testing.assert_allclose(loss[k], targets.x0_error_factor(k, alpha, sigma) * loss["x0"],
+                                   rtol=1e-9)
+    weighted = {k: targets.min_snr_weight(k, alpha, sigma, gamma=5.0) * loss[k] for k in loss}
+    np.testing.assert_allclose(weighted["eps"], weighted["x0"], rtol=1e-9)
+    np.testing.assert_allclose(weighted["v"], weighted["x0"], rtol=1e-9)
+    np.testing.assert_allclose(weighted["x0"], np.minimum(snr, 5.0) * loss["x0"], rtol=1e-12)
+
+
+def test_edm_effective_target_has_unit_variance_at_every_sigma(rng):
+    # Karras et al. 2022, eq. (8): for data of std sigma_data the target of F has unit variance.
+    # Data: a two-point distribution ±sigma_data (only its variance matters). 200,000 draws per
+    # sigma; the sample variance of unit-variance data has standard error ≈ sqrt(2/n) = 0.0032
+    # (a little more for the non-Gaussian part), so 5 standard errors is 0.016.
+    sd, n = 0.5, 200_000
+    for sigma in [0.002, 0.05, 0.5, 2.0, 80.0]:
+        x0 = sd * rng.choice([-1.0, 1.0], size=(n, 1))
+        eff = targets.edm_effective_target(x0, rng.standard_normal((n, 1)), sigma, sd)
+        assert abs(eff.var() - 1.0) < 0.016, sigma
+
+
+def test_edm_weight_is_one_over_c_out_squared_and_losses_agree(rng):
+    sigma = np.exp(rng.normal(-1.2, 1.2, 8))
+    _, c_out, _, _ = targets.edm_precond(sigma)
+    np.testing.assert_allclose(targets.edm_loss_weight(sigma), 1 / c_out**2, rtol=1e-12)
+    # lambda |D - x0|² equals |F - effective target|² for any network output F.
+    net = lambda p, x, c: np.tanh(x * p + c[:, None])
+    D = targets.edm_denoiser(net)
+    x0, eps = rng.normal(size=(8, 2)) * 0.5, rng.normal(size=(8, 2))
+    x = x0 + sigma[:, None] * eps
+    lhs = targets.edm_loss_weight(sigma) * targets.squared_error(D(1.3, x, sigma), x0)
+    c_skip, c_out, c_in, c_noise = targets.edm_precond(sigma)
+    rhs = targets.squared_error(net(1.3, c_in[:, None] * x, c_noise),
+                                targets.edm_effective_target(x0, eps, sigma))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-10)
+
+
+def test_edm_preconditioning_limits():
+    c_skip, c_out, c_in, c_noise = targets.edm_precond(np.array([1e-6, 1e6]), 0.5)
+    np.testing.assert_allclose(c_skip, [1.0, 0.0], atol=1e-10)  # small noise: D(x) ≈ x
+    np.testing.assert_allclose(c_out, [1e-6, 0.5], rtol=1e-6)  # large noise: D ≈ sd F
+    np.testing.assert_allclose(c_in * np.sqrt(np.array([1e-12, 1e12]) + 0.25), 1.0)
+    np.testing.assert_allclose(c_noise, np.log([1e-6, 1e6]) / 4)
