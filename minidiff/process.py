@@ -223,6 +223,11 @@ class Linear(GaussianPath):
     def dsigma(self, t):
         return onp.ones_like(self._check(t))
 
+    def t_from_ratio(self, r):
+        """The time at which ``sigma / alpha = t / (1 - t) = r``: ``t = r / (1 + r)``."""
+        r = onp.asarray(r, dtype=onp.float64)
+        return r / (1.0 + r)
+
     @staticmethod
     def _check(t):
         return _times(t)
@@ -247,3 +252,20 @@ def oracle(mixture, path, kind="eps"):
             derivs = {"dalpha": float(path.dalpha(t)), "dsigma": float(path.dsigma(t))}
         return convert(score, "score", kind, xt, alpha, sigma, **derivs)
     return predict
+
+
+def path_batches(path, data, batch_size, t_min=1e-3, t_max=1.0, dtype=onp.float32):
+    """``batch_fn(rng)`` for ``train.train`` on a continuous path: data points ``x0``, times
+    ``t ~ U(t_min, t_max)``, noise ``eps``, ``x_t = alpha x0 + sigma eps``, and the path's
+    coefficients at ``t`` (``alpha``, ``sigma``, ``dalpha``, ``dsigma``), all per sample."""
+    data = onp.asarray(data, dtype=dtype)
+
+    def batch_fn(rng):
+        x0 = data[rng.integers(0, data.shape[0], size=batch_size)]
+        t = rng.uniform(t_min, t_max, size=batch_size)
+        eps = rng.standard_normal(x0.shape, dtype=dtype)
+        coef = {k: getattr(path, k)(t).astype(dtype)
+                for k in ("alpha", "sigma", "dalpha", "dsigma")}
+        xt = path.marginal(x0, t, eps).astype(dtype)
+        return {"x0": x0, "t": t.astype(dtype), "eps": eps, "xt": xt, **coef}
+    return batch_fn

@@ -19,6 +19,24 @@ import math
 
 import numpy as onp
 
+from .targets import convert
+
+
+def denoiser_from_path(predict, kind, path):
+    """Put a model trained on a path ``x_t = alpha x0 + sigma eps`` into the sigma frame.
+
+    ``predict(x_t, t) -> prediction of kind``. In the sigma frame the state is ``x = x_t / alpha``
+    at noise level ``sigma / alpha``, so ``D(x, s)`` evaluates the model at the time ``t`` with
+    ``sigma(t) / alpha(t) = s`` (``path.t_from_ratio``), on ``x_t = alpha(t) x``, and converts
+    its output to ``x0`` (``targets.convert``)."""
+    def denoiser(x, s):
+        t = float(path.t_from_ratio(s))
+        a, sg = float(path.alpha(t)), float(path.sigma(t))
+        xt = a * x
+        derivs = {"dalpha": float(path.dalpha(t)), "dsigma": float(path.dsigma(t))}
+        return convert(predict(xt, t), kind, "x0", xt, a, sg, **derivs)
+    return denoiser
+
 
 def karras_sigmas(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
     """The EDM grid (Karras et al. 2022, eq. (5)):

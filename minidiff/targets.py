@@ -189,12 +189,13 @@ def squared_error(pred, truth):
     return np.sum(np.reshape(d * d, (np.shape(d)[0], -1)), axis=1)
 
 
-def x0_error_factor(kind, alpha, sigma):
+def x0_error_factor(kind, alpha, sigma, dalpha=None, dsigma=None):
     """The factor ``w`` with ``|kind_hat - kind|² = w |x0_hat - x0|²`` when both predictions come
     from the same ``x_t`` (so ``eps_hat - eps = -(alpha / sigma)(x0_hat - x0)``):
 
     - x0: 1;  eps: ``SNR = alpha²/sigma²``;  v: ``(alpha² + sigma²)² / sigma² = (SNR + 1)(alpha² +
-      sigma²)``, which is ``SNR + 1`` on a variance-preserving path (``alpha² + sigma² = 1``).
+      sigma²)``, which is ``SNR + 1`` on a variance-preserving path (``alpha² + sigma² = 1``);
+      velocity: ``((alpha' sigma - sigma' alpha) / sigma)²`` (``1 / t²`` on the linear path).
 
     These are the frames of Min-SNR (Hang et al. 2023, sec. 3.3): an eps loss *is* an x0 loss
     weighted by SNR, a v loss one weighted by SNR + 1 (on VP paths)."""
@@ -205,16 +206,39 @@ def x0_error_factor(kind, alpha, sigma):
         return snr
     if kind == "v":
         return (alpha**2 + sigma**2) ** 2 / sigma**2
-    raise ValueError(f"x0_error_factor is defined for 'x0', 'eps' and 'v' (got {kind!r})")
+    if kind == "velocity":
+        _need_derivatives(dalpha, dsigma)
+        return ((dalpha * sigma - dsigma * alpha) / sigma) ** 2
+    raise ValueError(f"x0_error_factor is defined for eps, x0, v and velocity (got {kind!r})")
 
 
-def min_snr_weight(kind, alpha, sigma, gamma=5.0):
+def min_snr_weight(kind, alpha, sigma, gamma=5.0, dalpha=None, dsigma=None):
     """Min-SNR-gamma (Hang et al. 2023, eq. (9)): weight the x0 error by ``min(SNR, gamma)``.
     Expressed as a weight on the ``kind`` loss this is ``min(SNR, gamma) / x0_error_factor`` —
     ``min(SNR, gamma)/SNR`` for eps, ``min(SNR, gamma)/(SNR + 1)`` for v on a VP path — so the three
     weighted losses are one and the same objective."""
     snr = (onp.asarray(alpha, dtype=float) / onp.asarray(sigma, dtype=float)) ** 2
-    return onp.minimum(snr, gamma) / x0_error_factor(kind, alpha, sigma)
+    return onp.minimum(snr, gamma) / x0_error_factor(kind, alpha, sigma, dalpha, dsigma)
+
+
+def prediction_loss(net, kind, weighting=None, gamma=5.0):
+    """``loss(params, batch)`` for a network ``net(params, x_t, t)`` that predicts ``kind``
+    (eps, x0, v or velocity): the mean over the batch of ``w(t) |net - target|²``, the batch as
+    drawn by ``process.path_batches``. ``weighting`` is ``None`` (w = 1, each target's own
+    implied weighting) or ``"min_snr"`` (Hang et al. 2023: ``min(SNR, gamma)`` on the x0 error,
+    expressed in this target's frame by ``min_snr_weight``)."""
+    if weighting not in (None, "min_snr"):
+        raise ValueError(f"`weighting` must be None or 'min_snr' (got {weighting!r})")
+
+    def loss(params, batch):
+        a, s = batch["alpha"], batch["sigma"]
+        truth = target(kind, batch["x0"], batch["eps"], a, s, batch["dalpha"], batch["dsigma"])
+        err = squared_error(net(params, batch["xt"], batch["t"]), truth)
+        if weighting == "min_snr":
+            w = min_snr_weight(kind, a, s, gamma, batch["dalpha"], batch["dsigma"])
+            err = err * w.astype(err.dtype)
+        return np.sum(err) * (1.0 / err.shape[0])
+    return loss
 
 
 # ----------------------------------------------------------------------------- EDM

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from minidiff import datasets, samplers
+from minidiff import datasets, process, samplers
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,14 @@ def test_bad_input_is_named(rng):
         samplers.karras_sigmas(10, 1.0, 0.5)
     with pytest.raises(ValueError, match="`rng` is needed"):
         samplers.heun(lambda x, s: x, np.zeros((2, 2)), [1.0, 0.0], churn=1.0)
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v", "velocity"])
+@pytest.mark.parametrize("path", [process.VP(), process.Linear()], ids=["vp", "linear"])
+def test_any_path_model_becomes_a_sigma_frame_denoiser(mixture, path, kind, rng):
+    # The exact model of a path, in any parametrisation, is the exact denoiser E[x0 | x0 + s eps].
+    oracle = process.oracle(mixture, path, kind)
+    D = samplers.denoiser_from_path(lambda xt, t: oracle(xt, np.float64(t)), kind, path)
+    x = 3 * rng.normal(size=(20, 2))
+    for s in [0.05, 0.7, 10.0]:
+        np.testing.assert_allclose(D(x, s), mixture.posterior_mean(x, 1.0, s), atol=1e-9)

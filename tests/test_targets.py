@@ -117,6 +117,14 @@ def test_min_snr_frames(vp, rng):
     for k in loss:
         np.testing.assert_allclose(loss[k], targets.x0_error_factor(k, alpha, sigma) * loss["x0"],
                                    rtol=1e-9)
+    # The velocity, with the path's derivatives, obeys the same kind of identity.
+    da = -np.pi / 2 * np.sin(t * np.pi / 2) if vp else -np.ones(n)
+    ds = np.pi / 2 * np.cos(t * np.pi / 2) if vp else np.ones(n)
+    u_loss = targets.squared_error(
+        targets.from_eps("velocity", eps_hat, xt, alpha, sigma, da, ds),
+        targets.target("velocity", x0, eps, alpha, sigma, da, ds))
+    np.testing.assert_allclose(
+        u_loss, targets.x0_error_factor("velocity", alpha, sigma, da, ds) * loss["x0"], rtol=1e-9)
     weighted = {k: targets.min_snr_weight(k, alpha, sigma, gamma=5.0) * loss[k] for k in loss}
     np.testing.assert_allclose(weighted["eps"], weighted["x0"], rtol=1e-9)
     np.testing.assert_allclose(weighted["v"], weighted["x0"], rtol=1e-9)
@@ -157,3 +165,25 @@ def test_edm_preconditioning_limits():
     np.testing.assert_allclose(c_out, [1e-6, 0.5], rtol=1e-6)  # large noise: D ≈ sd F
     np.testing.assert_allclose(c_in * np.sqrt(np.array([1e-12, 1e12]) + 0.25), 1.0)
     np.testing.assert_allclose(c_noise, np.log([1e-6, 1e6]) / 4)
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v", "velocity"])
+def test_prediction_loss_is_the_weighted_regression(kind, rng):
+    import autograd
+
+    from minidiff import nn, process
+    from minidiff.models import mlp
+
+    batch = process.path_batches(process.VP(), rng.normal(size=(100, 2)), 16)(rng)
+    params = mlp.init(rng, hidden=8, depth=1, emb_dim=4)
+    net = lambda p, x, t: mlp.apply(p, x, 1000.0 * t)
+    for weighting in (None, "min_snr"):
+        loss = targets.prediction_loss(net, kind, weighting)
+        truth = targets.target(kind, batch["x0"], batch["eps"], batch["alpha"], batch["sigma"],
+                               batch["dalpha"], batch["dsigma"])
+        w = 1.0 if weighting is None else targets.min_snr_weight(
+            kind, batch["alpha"], batch["sigma"], 5.0, batch["dalpha"], batch["dsigma"])
+        ref = np.mean(w * np.sum((net(params, batch["xt"], batch["t"]) - truth) ** 2, axis=1))
+        np.testing.assert_allclose(loss(params, batch), ref, rtol=1e-5)
+        grads = autograd.grad(loss)(params, batch)
+        assert {g.dtype for g in nn.tree_leaves(grads)} == {np.dtype(np.float32)}
