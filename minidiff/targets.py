@@ -282,3 +282,29 @@ def edm_effective_target(x0, eps, sigma, sigma_data=0.5):
 def edm_sigmas(n, rng, p_mean=-1.2, p_std=1.2):
     """Training noise levels: ``ln sigma ~ N(P_mean, P_std²)`` (Karras et al. 2022, table 1)."""
     return onp.exp(p_mean + p_std * rng.standard_normal(n))
+
+
+def edm_loss(net, sigma_data=0.5):
+    """EDM's training loss (Karras et al. 2022, eq. (8)) for ``net(params, c_in x, c_noise)``:
+    ``lambda(sigma) |D(x0 + sigma eps, sigma) - x0|² = |F - effective target|²`` (the weight
+    ``1/c_out²`` cancels ``c_out²``), averaged over a batch ``{"x0", "sigma", "eps"}``."""
+    def loss(params, batch):
+        x0, sigma, eps = batch["x0"], batch["sigma"], batch["eps"]
+        _, _, c_in, c_noise = edm_precond(sigma, sigma_data)
+        x = x0 + per_sample(sigma, x0) * eps
+        out = net(params, per_sample(c_in.astype(x0.dtype), x0) * x, c_noise.astype(x0.dtype))
+        truth = edm_effective_target(x0, eps, sigma, sigma_data).astype(x0.dtype)
+        err = squared_error(out, truth)
+        return np.sum(err) * (1.0 / err.shape[0])
+    return loss
+
+
+def edm_batches(data, batch_size, p_mean=-1.2, p_std=1.2, dtype=onp.float32):
+    """``batch_fn(rng)``: data points, log-normal noise levels (``edm_sigmas``) and the noise."""
+    data = onp.asarray(data, dtype=dtype)
+
+    def batch_fn(rng):
+        x0 = data[rng.integers(0, data.shape[0], size=batch_size)]
+        sigma = edm_sigmas(batch_size, rng, p_mean, p_std).astype(dtype)
+        return {"x0": x0, "sigma": sigma, "eps": rng.standard_normal(x0.shape, dtype=dtype)}
+    return batch_fn

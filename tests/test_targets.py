@@ -187,3 +187,12 @@ def test_prediction_loss_is_the_weighted_regression(kind, rng):
         np.testing.assert_allclose(loss(params, batch), ref, rtol=1e-5)
         grads = autograd.grad(loss)(params, batch)
         assert {g.dtype for g in nn.tree_leaves(grads)} == {np.dtype(np.float32)}
+
+
+def test_edm_loss_is_the_weighted_denoising_error(rng):
+    net = lambda p, x, c: np.tanh(x * p + c[:, None])
+    batch = targets.edm_batches(rng.normal(size=(50, 2)), 8, dtype=np.float64)(rng)
+    x = batch["x0"] + batch["sigma"][:, None] * batch["eps"]
+    D = targets.edm_denoiser(net, 0.5)(0.7, x, batch["sigma"])
+    ref = np.mean(targets.edm_loss_weight(batch["sigma"]) * np.sum((D - batch["x0"]) ** 2, 1))
+    np.testing.assert_allclose(targets.edm_loss(net, 0.5)(0.7, batch), ref, rtol=1e-10)
