@@ -1,7 +1,14 @@
-"""The command line: ``python -m minidiff demo [--fast] [--out DIR]``.
+"""The command line.
+
+    python -m minidiff demo [--fast] [--out DIR]
+    python -m minidiff train unet [--steps N] [--batch-size B] [--seed S] [--out weights.npz]
+    python -m minidiff sample --weights W.npz [--n 1000] [--steps 100] [--guidance 2] --out s.npz
+    python -m minidiff evaluate samples.npz
 
 ``demo`` runs each landed chapter's headline experiment, writes its figures under ``--out`` and
-prints what it measured. ``--fast`` (or ``MINIDIFF_FAST=1``) shrinks every run for CI.
+prints what it measured; ``--fast`` (or ``MINIDIFF_FAST=1``) shrinks every run for CI. ``train``
+resumes from its checkpoint if one exists. Training and sampling set the allocator option of
+``nn.memory`` for this process (it is a process-wide choice, made here and not on import).
 """
 
 import argparse
@@ -79,6 +86,60 @@ def demo_chapter1(out, fast, seed=0):
     plot.save(fig, out / "01_ncsn_gmm8.png")
 
 
+def cmd_train(args):
+    from . import ddpm, pipeline
+    from .datasets import mnist
+    from .models import unet
+    from .nn.memory import keep_freed_memory
+
+    keep_freed_memory()
+    cfg = unet.UNetConfig(channels=tuple(args.channels), num_res_blocks=args.num_res_blocks,
+                          resblock_updown=args.resblock_updown)
+    images, labels = mnist("train")
+    sched = ddpm.schedule("linear")
+    ckpt = Path(args.checkpoint)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    if ckpt.exists():
+        state = train.load_state(ckpt)
+        print(f"resuming from {ckpt} at step {state.step}")
+    else:
+        state = train.init_state(unet.init(np.random.default_rng(args.seed), cfg), args.seed)
+    batch_fn = pipeline.mnist_batches(sched, images, labels, args.batch_size)
+    loss = pipeline.eps_loss(unet.apply, cfg)
+    elapsed = float(getattr(args, "_elapsed", 0.0))
+    t0 = time.perf_counter()
+    state, losses = train.fit(loss, state, batch_fn, args.steps, lr=args.lr, warmup=args.warmup,
+                              clip=1.0, ema=0.999, checkpoint_path=ckpt,
+                              checkpoint_every=args.checkpoint_every, desc="U-Net on MNIST")
+    seconds = elapsed + time.perf_counter() - t0
+    command = "python -m minidiff " + " ".join(sys.argv[1:]) if args.command_line is None \
+        else args.command_line
+    pipeline.save_model(args.out, state.ema, cfg, seed=args.seed, steps=state.step,
+                        batch_size=args.batch_size, lr=args.lr, command=command,
+                        train_seconds_this_run=round(seconds, 1),
+                        final_loss=float(losses[-100:].mean()) if len(losses) else None)
+    print(f"saved the EMA weights to {args.out} after {state.step} steps "
+          f"({seconds / 60:.1f} min in this run)")
+    return 0
+
+
+def cmd_sample(args):
+    from . import pipeline
+    from .nn.memory import keep_freed_memory
+
+    keep_freed_memory()
+    apply, params, cfg, _ = pipeline.load_model(args.weights)
+    labels = np.repeat(np.arange(10), args.n // 10)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    x = pipeline.sample(apply, params, cfg, labels, rng, steps=args.steps,
+                        guidance=args.guidance)
+    pipeline.save_samples(args.out, pipeline.to_uint8(x[:, 0]), labels)
+    print(f"{len(labels)} samples ({args.steps} DDIM steps, guidance {args.guidance}) in "
+          f"{time.perf_counter() - t0:.0f} s -> {args.out}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minidiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,7 +147,32 @@ def main(argv=None):
     demo.add_argument("--out", default="out", help="folder for figures (default: out)")
     demo.add_argument("--fast", action="store_true", help="tiny runs (also MINIDIFF_FAST=1)")
     demo.add_argument("--seed", type=int, default=0)
+    tr = sub.add_parser("train", help="train an image model on MNIST")
+    tr.add_argument("model", choices=["unet"])
+    tr.add_argument("--steps", type=int, default=1600)
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--warmup", type=int, default=200)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
+    tr.add_argument("--num-res-blocks", type=int, default=1)
+    tr.add_argument("--resblock-updown", action="store_true")
+    tr.add_argument("--out", default="data/weights/unet_mnist.npz")
+    tr.add_argument("--checkpoint", default="out/unet_train.npz")
+    tr.add_argument("--checkpoint-every", type=int, default=100)
+    tr.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    sa = sub.add_parser("sample", help="sample MNIST digits, 10 classes, to an .npz")
+    sa.add_argument("--weights", default="data/weights/unet_mnist.npz")
+    sa.add_argument("--n", type=int, default=1000)
+    sa.add_argument("--steps", type=int, default=100)
+    sa.add_argument("--guidance", type=float, default=2.0)
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return cmd_train(args)
+    if args.command == "sample":
+        return cmd_sample(args)
     if args.command == "demo":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,134 @@
+"""Diffusion on MNIST images: the glue between the U-Net (or DiT), DDPM and the training loop.
+
+Used by the command line (``python -m minidiff train|sample|evaluate``), the chapter 6 notebook
+and the demo. The recipe is DDPM's (Ho et al. 2020): the linear schedule over 1000 steps, the
+network predicts the noise (``L_simple``), labels are dropped to the null class with probability
+``p_uncond`` so that one network is both conditional and unconditional (Ho & Salimans 2022), and
+samples come from DDIM with classifier-free guidance, ``eps_u + w (eps_c - eps_u)``.
+"""
+
+import os
+import tempfile
+
+import numpy as onp
+
+from . import ddpm
+from .nn import checkpoint, mean
+
+
+def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1):
+    """``batch_fn(rng)``: images ``x0``, labels ``y`` (replaced by ``null_label`` with
+    probability ``p_uncond``), a step index ``i`` per image, the noise and ``x_t``."""
+    images = onp.asarray(images, dtype=onp.float32)
+
+    def batch_fn(rng):
+        idx = rng.integers(0, images.shape[0], size=batch_size)
+        y = onp.where(rng.uniform(size=batch_size) < p_uncond, null_label, labels[idx])
+        i = rng.integers(0, sched.T, size=batch_size)
+        eps = rng.standard_normal(images[idx].shape, dtype=onp.float32)
+        xt = ddpm.q_sample(sched, images[idx], i, eps).astype(onp.float32)
+        return {"xt": xt, "i": i, "y": y, "eps": eps}
+    return batch_fn
+
+
+def eps_loss(apply, config):
+    """``L_simple`` (Ho et al. 2020, eq. (14)) for a class-conditional network
+    ``apply(params, x_t, i, y, config)``, averaged over pixels and the batch."""
+    def loss(params, batch):
+        pred = apply(params, batch["xt"], batch["i"].astype(onp.float32), batch["y"], config)
+        return mean((pred - batch["eps"]) ** 2)
+    return loss
+
+
+def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10):
+    """``eps_fn(x, i)`` for the samplers: classifier-free guidance (Ho & Salimans 2022, eq. (6)),
+    ``eps_u + w (eps_c - eps_u)``; ``w = 1`` is the plain conditional model, ``w = 0`` the
+    unconditional one. Both halves run as one batch of ``2N``."""
+    labels = onp.asarray(labels)
+
+    def eps_fn(x, i):
+        x = x.astype(onp.float32)
+        n = x.shape[0]
+        if guidance == 1.0:
+            return apply(params, x, onp.full(n, i, onp.float32), labels, config)
+        both = apply(params, onp.concatenate([x, x]), onp.full(2 * n, i, onp.float32),
+                     onp.concatenate([labels, onp.full(n, null_label)]), config)
+        eps_c, eps_u = both[:n], both[n:]
+        return eps_u + guidance * (eps_c - eps_u)
+    return eps_fn
+
+
+def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_size=200,
+           spacing="leading", progress=None):
+    """Images for ``labels`` by deterministic DDIM over ``steps`` steps with guidance ``w``;
+    returns float32 ``(N, 1, 28, 28)`` in ``[-1, 1]`` (clipped)."""
+    sched = ddpm.schedule("linear")
+    out = []
+    labels = onp.asarray(labels)
+    for start in range(0, len(labels), batch_size):
+        y = labels[start:start + batch_size]
+        z = rng.standard_normal((len(y), config.in_channels, config.resolution,
+                                 config.resolution)).astype(onp.float32)
+        x = ddpm.ddim_sample(guided_eps(apply, params, config, y, guidance), sched, z,
+                             steps=steps, spacing=spacing)
+        out.append(onp.clip(x, -1.0, 1.0).astype(onp.float32))
+        if progress is not None:
+            progress(len(y))
+    return onp.concatenate(out)
+
+
+def to_uint8(x):
+    """``[-1, 1]`` floats to 0..255 pixels (the inverse of the MNIST loader's scaling)."""
+    return onp.clip(onp.round((onp.asarray(x) + 1.0) * 127.5), 0, 255).astype(onp.uint8)
+
+
+def save_samples(path, images, labels):
+    """Write samples as ``.npz`` with ``images`` uint8 ``(N, 28, 28)`` and ``labels`` int64
+    ``(N,)``, atomically: any tool can read them (``numpy.load``, no pickle)."""
+    images = onp.asarray(images)
+    if images.dtype != onp.uint8 or images.ndim != 3:
+        raise ValueError(f"`images` must be uint8 (N, H, W) (got {images.dtype} {images.shape})")
+    labels = onp.asarray(labels, dtype=onp.int64)
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"`labels` must have shape ({images.shape[0]},) (got {labels.shape})")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            onp.savez_compressed(f, images=images, labels=labels)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_samples(path):
+    """Read ``save_samples``' format back: ``(images uint8 (N, H, W), labels int64 (N,))``."""
+    try:
+        with open(path, "rb") as fh, onp.load(fh, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except KeyError as err:
+        raise ValueError(f"{path!r} must hold `images` and `labels` arrays (missing {err})") \
+            from None
+    except (ValueError, OSError) as err:
+        raise ValueError(f"cannot read samples from {path!r}: {err}") from None
+    if images.dtype != onp.uint8 or images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise ValueError(f"{path!r}: expected uint8 images (N, H, W) and N labels "
+                         f"(got {images.dtype} {images.shape}, labels {labels.shape})")
+    return images, labels.astype(onp.int64)
+
+
+def save_model(path, params, config, kind="unet", **meta):
+    """Shipped weights: the parameter tree plus the architecture and how it was made."""
+    checkpoint.save(path, params, model=kind, config=config.to_dict(), **meta)
+
+
+def load_model(path):
+    """``(apply, params, config, meta)`` from weights written by ``save_model``."""
+    params, meta = checkpoint.load(path)
+    kind = meta.get("model")
+    if kind == "unet":
+        from .models import unet
+        return unet.apply, params, unet.UNetConfig(**meta["config"]), meta
+    raise ValueError(f"{path!r} holds an unknown model kind {kind!r}")
