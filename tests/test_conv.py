@@ -1,0 +1,93 @@
+"""The image primitives: forward against independent computations, VJPs by check_grads."""
+
+import autograd
+import numpy as np
+import pytest
+from autograd.test_util import check_grads
+from scipy.signal import correlate
+
+from minidiff.nn import conv
+
+
+@pytest.mark.parametrize("stride,padding,k", [(1, 0, 3), (1, 1, 3), (2, 1, 3), (2, 0, 3),
+                                              (1, 0, 1), (2, 1, 4)])
+def test_conv2d_equals_scipy_correlate(stride, padding, k, rng):
+    x, w, b = rng.normal(size=(2, 3, 9, 8)), rng.normal(size=(4, 3, k, k)), rng.normal(size=4)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    ref = np.stack([np.stack([sum(correlate(xp[n, c], w[o, c], mode="valid") for c in range(3))
+                              + b[o] for o in range(4)]) for n in range(2)])
+    ref = ref[:, :, ::stride, ::stride]
+    np.testing.assert_allclose(conv.conv2d(x, w, b, stride, padding), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (2, 0), (1, 0)])
+def test_conv2d_gradients(stride, padding, rng):
+    x, w, b = rng.normal(size=(2, 3, 7, 6)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
+    check_grads(lambda x, w, b: conv.conv2d(x, w, b, stride, padding), modes=["rev"],
+                order=1)(x, w, b)
+
+
+def test_conv_transpose2d_is_the_adjoint_of_conv2d(rng):
+    # <conv(x), y> = <x, conv_transpose(y)> for the same kernel (stride 2, no padding).
+    x, w = rng.normal(size=(2, 3, 8, 8)), rng.normal(size=(4, 3, 2, 2))
+    y = rng.normal(size=(2, 4, 4, 4))
+    lhs = np.sum(conv.conv2d(x, w, stride=2) * y)
+    rhs = np.sum(x * conv.conv_transpose2d(y, w, stride=2))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+    check_grads(lambda y, w: conv.conv_transpose2d(y, w, stride=2), modes=["rev"], order=1)(y, w)
+
+
+def test_resampling_values_and_gradients(rng):
+    x = rng.normal(size=(2, 3, 4, 6))
+    up = conv.upsample_nearest(x)
+    np.testing.assert_array_equal(up[:, :, 1::2, ::2], x)
+    np.testing.assert_allclose(conv.avg_pool2(up), x)
+    check_grads(conv.upsample_nearest, modes=["rev"], order=1)(x)
+    check_grads(conv.avg_pool2, modes=["rev"], order=1)(x)
+
+
+@pytest.mark.parametrize("act", [True, False])
+def test_group_norm_act_against_a_naive_loop_and_gradients(act, rng):
+    x = rng.normal(size=(2, 6, 3, 4)) * 3 + 1
+    a, b = rng.normal(size=(2, 6)), rng.normal(size=(2, 6))
+    out = conv.group_norm_act(x, a, b, 3, 1e-5, act)
+    ref = np.empty_like(x)
+    for n in range(2):
+        for g in range(3):
+            block = x[n, 2 * g:2 * g + 2]
+            z = (block - block.mean()) / np.sqrt(block.var() + 1e-5)
+            z = z * a[n, 2 * g:2 * g + 2, None, None] + b[n, 2 * g:2 * g + 2, None, None]
+            ref[n, 2 * g:2 * g + 2] = z / (1 + np.exp(-z)) if act else z
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
+    check_grads(lambda x, a, b: conv.group_norm_act(x, a, b, 3, 1e-5, act), modes=["rev"],
+                order=1)(x, a, b)
+
+
+def test_attention_against_a_naive_softmax_and_gradients(rng):
+    q, k, v = rng.normal(size=(3, 5, 4)), rng.normal(size=(3, 6, 4)), rng.normal(size=(3, 6, 4))
+    s = np.einsum("bqd,bkd->bqk", q, k) / 2.0
+    p = np.exp(s) / np.exp(s).sum(-1, keepdims=True)
+    np.testing.assert_allclose(conv.attention(q, k, v), p @ v, rtol=1e-12)
+    check_grads(conv.attention, modes=["rev"], order=1)(q, k, v)
+
+
+def test_float32_stays_float32_through_every_primitive(rng):
+    f = np.float32
+    x, w = rng.normal(size=(2, 4, 6, 6)).astype(f), rng.normal(size=(4, 4, 3, 3)).astype(f)
+    a, b = np.ones((2, 4), f), np.zeros((2, 4), f)
+    q = rng.normal(size=(2, 5, 4)).astype(f)
+
+    def loss(x, w, a, b, q):
+        h = conv.group_norm_act(conv.conv2d(x, w, padding=1), a, b, 2)
+        h = conv.avg_pool2(conv.upsample_nearest(h))
+        return np.sum(h * 1.0) + np.sum(conv.attention(q, q, q) * 1.0)
+
+    grads = autograd.grad(loss, argnum=(0, 1, 2, 3, 4))(x, w, a, b, q)
+    assert all(g.dtype == np.float32 for g in grads)
+
+
+def test_conv2d_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="x has 3 channels but w expects 2"):
+        conv.conv2d(np.zeros((1, 3, 5, 5)), np.zeros((4, 2, 3, 3)))
+    with pytest.raises(ValueError, match="conv2d expects"):
+        conv.conv2d(np.zeros((3, 5, 5)), np.zeros((4, 3, 3, 3)))

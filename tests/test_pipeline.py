@@ -1,0 +1,70 @@
+"""The MNIST diffusion glue: batches, guidance, sampling, sample files, model files."""
+
+import numpy as np
+import pytest
+
+from minidiff import ddpm, pipeline
+from minidiff.models import unet
+from minidiff.nn import tree_map
+
+TINY = unet.UNetConfig(resolution=8, channels=(4, 8), num_res_blocks=1, attention_levels=(1,),
+                       head_channels=4, groups=2, num_classes=10)
+
+
+@pytest.fixture
+def tiny_params(rng):
+    # Perturbed away from the zero-initialised output so that predictions are not all zero.
+    return tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(p.dtype),
+                    unet.init(rng, TINY))
+
+
+def test_batches_drop_labels_at_the_stated_rate(rng):
+    images = rng.standard_normal((50, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 50)
+    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, labels, 20_000,
+                                   p_uncond=0.1)(rng)
+    assert batch["xt"].shape == (20_000, 1, 8, 8) and batch["xt"].dtype == np.float32
+    frac = np.mean(batch["y"] == 10)
+    assert abs(frac - 0.1) < 4 * np.sqrt(0.09 / 20_000)  # binomial standard error
+
+
+def test_guidance_combines_conditional_and_unconditional(tiny_params, rng):
+    x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+    y = np.array([1, 5, 9])
+    cond = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=1.0)(x, 40)
+    uncond = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=0.0)(x, 40)
+    guided = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=2.5)(x, 40)
+    np.testing.assert_allclose(uncond, unet.apply(tiny_params, x, 40.0, np.full(3, 10), TINY),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(guided, uncond + 2.5 * (cond - uncond), rtol=1e-4, atol=1e-5)
+
+
+def test_sampling_is_seeded_and_shaped(tiny_params):
+    labels = np.arange(6) % 10
+    a = pipeline.sample(unet.apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
+                        batch_size=4)
+    b = pipeline.sample(unet.apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
+                        batch_size=4)
+    assert a.shape == (6, 1, 8, 8) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_sample_files_round_trip_and_refuse_bad_content(tmp_path, rng):
+    images = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    pipeline.save_samples(tmp_path / "s.npz", images, np.arange(5))
+    back, labels = pipeline.load_samples(tmp_path / "s.npz")
+    assert np.array_equal(back, images) and labels.dtype == np.int64
+    with pytest.raises(ValueError, match="must be uint8"):
+        pipeline.save_samples(tmp_path / "t.npz", images.astype(np.float32), np.arange(5))
+    np.savez(tmp_path / "bad.npz", pictures=images)
+    with pytest.raises(ValueError, match="must hold `images` and `labels`"):
+        pipeline.load_samples(tmp_path / "bad.npz")
+
+
+def test_model_files_round_trip(tmp_path, tiny_params):
+    pipeline.save_model(tmp_path / "m.npz", tiny_params, TINY, seed=3)
+    apply, params, cfg, meta = pipeline.load_model(tmp_path / "m.npz")
+    assert cfg == TINY and meta["seed"] == 3
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    np.testing.assert_array_equal(apply(params, x, 5.0, None, cfg),
+                                  unet.apply(tiny_params, x, 5.0, None, TINY))
