@@ -93,8 +93,14 @@ def cmd_train(args):
     from .nn.memory import keep_freed_memory
 
     keep_freed_memory()
-    cfg = unet.UNetConfig(channels=tuple(args.channels), num_res_blocks=args.num_res_blocks,
-                          resblock_updown=args.resblock_updown)
+    if args.model == "dit":
+        from .models import dit as arch
+        cfg = arch.DiTConfig(patch=args.patch, width=args.width, depth=args.depth,
+                             heads=args.heads, conditioning=args.conditioning)
+    else:
+        arch = unet
+        cfg = unet.UNetConfig(channels=tuple(args.channels), num_res_blocks=args.num_res_blocks,
+                              resblock_updown=args.resblock_updown)
     images, labels = mnist("train")
     sched = ddpm.schedule("linear")
     ckpt = Path(args.checkpoint)
@@ -103,24 +109,57 @@ def cmd_train(args):
         state = train.load_state(ckpt)
         print(f"resuming from {ckpt} at step {state.step}")
     else:
-        state = train.init_state(unet.init(np.random.default_rng(args.seed), cfg), args.seed)
+        state = train.init_state(arch.init(np.random.default_rng(args.seed), cfg), args.seed)
     batch_fn = pipeline.mnist_batches(sched, images, labels, args.batch_size)
-    loss = pipeline.eps_loss(unet.apply, cfg)
+    loss = pipeline.eps_loss(arch.apply, cfg)
     elapsed = float(getattr(args, "_elapsed", 0.0))
     t0 = time.perf_counter()
     state, losses = train.fit(loss, state, batch_fn, args.steps, lr=args.lr, warmup=args.warmup,
                               clip=1.0, ema=0.999, checkpoint_path=ckpt,
-                              checkpoint_every=args.checkpoint_every, desc="U-Net on MNIST")
+                              checkpoint_every=args.checkpoint_every,
+                              desc=f"{args.model} on MNIST")
     seconds = elapsed + time.perf_counter() - t0
     command = "python -m minidiff " + " ".join(sys.argv[1:]) if args.command_line is None \
         else args.command_line
-    pipeline.save_model(args.out, state.ema, cfg, seed=args.seed, steps=state.step,
+    pipeline.save_model(args.out, state.ema, cfg, kind=args.model, seed=args.seed,
+                        steps=state.step,
                         batch_size=args.batch_size, lr=args.lr, command=command,
                         train_seconds_this_run=round(seconds, 1),
                         final_loss=float(losses[-100:].mean()) if len(losses) else None)
     print(f"saved the EMA weights to {args.out} after {state.step} steps "
           f"({seconds / 60:.1f} min in this run)")
     return 0
+
+
+def demo_chapter6(out, fast, seed=0):
+    """Samples of the shipped U-Net, a grid in out/, and their scores."""
+    from . import pipeline
+    from .nn import checkpoint
+    from .nn.memory import keep_freed_memory
+
+    keep_freed_memory()
+    print("Chapter 6 — the U-Net on MNIST (shipped weights)")
+    apply, params, cfg, meta = pipeline.load_model("data/weights/unet_mnist.npz")
+    clf, _ = checkpoint.load("data/weights/classifier_mnist.npz")
+    per_class, steps = (2, 10) if fast else (10, 50)
+    labels = np.repeat(np.arange(10), per_class)
+    t0 = time.perf_counter()
+    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(seed), steps=steps,
+                        guidance=2.0)
+    seconds = time.perf_counter() - t0
+    r = evaluate_images(x, labels, clf, np.random.default_rng(seed))
+    print(f"  {len(labels)} samples, {steps} DDIM steps, guidance 2, in {seconds:.0f} s: "
+          f"class agreement {100 * r['agreement']:.0f}%, FD-MNIST {r['fd']:.1f} "
+          f"(real-vs-real at this n: {r['fd_real']:.1f})")
+    for k in sorted(meta):
+        if k.startswith("eval_"):
+            print(f"  stored full evaluation, {k[5:]}: {meta[k]}")
+    fig, axes = plt.subplots(per_class, 10, figsize=(10, per_class))
+    grid = x.reshape(10, per_class, 28, 28).transpose(1, 0, 2, 3).reshape(-1, 28, 28)
+    for ax, img in zip(np.atleast_2d(axes).ravel(), grid, strict=True):
+        ax.imshow(img, cmap="gray", vmin=-1, vmax=1)
+        ax.axis("off")
+    plot.save(fig, out / "06_unet_samples.png")
 
 
 def cmd_train_classifier(args):
@@ -201,7 +240,7 @@ def main(argv=None):
     demo.add_argument("--fast", action="store_true", help="tiny runs (also MINIDIFF_FAST=1)")
     demo.add_argument("--seed", type=int, default=0)
     tr = sub.add_parser("train", help="train an image model on MNIST")
-    tr.add_argument("model", choices=["unet", "classifier"])
+    tr.add_argument("model", choices=["unet", "dit", "classifier"])
     tr.add_argument("--steps", type=int, default=1600)
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--lr", type=float, default=1e-3)
@@ -210,8 +249,15 @@ def main(argv=None):
     tr.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
     tr.add_argument("--num-res-blocks", type=int, default=1)
     tr.add_argument("--resblock-updown", action="store_true")
-    tr.add_argument("--out", default="data/weights/unet_mnist.npz")
-    tr.add_argument("--checkpoint", default="out/unet_train.npz")
+    tr.add_argument("--patch", type=int, default=4, help="DiT patch size")
+    tr.add_argument("--width", type=int, default=128, help="DiT width")
+    tr.add_argument("--depth", type=int, default=4, help="DiT depth")
+    tr.add_argument("--heads", type=int, default=4, help="DiT heads")
+    tr.add_argument("--conditioning", default="adaln_zero", help="DiT conditioning")
+    tr.add_argument("--out", default=None, help="weights file (default data/weights/"
+                    "<model>_mnist.npz)")
+    tr.add_argument("--checkpoint", default=None, help="resumable checkpoint (default "
+                    "out/<model>_train.npz)")
     tr.add_argument("--checkpoint-every", type=int, default=100)
     tr.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     sa = sub.add_parser("sample", help="sample MNIST digits, 10 classes, to an .npz")
@@ -229,9 +275,9 @@ def main(argv=None):
     if args.command == "evaluate":
         return cmd_evaluate(args)
     if args.command == "train":
+        args.out = args.out or f"data/weights/{args.model}_mnist.npz"
+        args.checkpoint = args.checkpoint or f"out/{args.model}_train.npz"
         if args.model == "classifier":
-            if args.out == "data/weights/unet_mnist.npz":
-                args.out = "data/weights/classifier_mnist.npz"
             return cmd_train_classifier(args)
         return cmd_train(args)
     if args.command == "sample":
@@ -242,6 +288,7 @@ def main(argv=None):
         fast = args.fast or os.environ.get("MINIDIFF_FAST") == "1"
         t0 = time.perf_counter()
         demo_chapter1(out, fast, args.seed)
+        demo_chapter6(out, fast, args.seed)
         print(f"figures in {out}/ ; demo took {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -22,7 +22,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from .nn import mean
-from .process import DiscreteVP
+from .process import DiscreteVP, check_step
 from .targets import per_sample, x0_from_eps
 
 # ----------------------------------------------------------------------------- 1. schedules
@@ -109,11 +109,7 @@ def schedule(name="linear", T=1000, **kwargs):
 
 
 def _step(sched, i):
-    i = onp.asarray(i)
-    if not onp.issubdtype(i.dtype, onp.integer) or onp.any((i < 0) | (i >= sched.T)):
-        raise ValueError(f"step index must be an integer in [0, {sched.T - 1}] "
-                         f"(array index = paper step - 1), got {i!r}")
-    return i
+    return check_step(i, sched.T)
 
 
 # ----------------------------------------------------------------------------- 2. forward chain

@@ -25,7 +25,8 @@ import scipy.linalg
 
 
 def frechet_distance(mu1, cov1, mu2, cov2):
-    """``|mu1 - mu2|² + tr(C1 + C2 - 2 (C1 C2)^{1/2})``, the 2-Wasserstein distance² of Gaussians."""
+    """``|mu1 - mu2|² + tr(C1 + C2 - 2 (C1 C2)^{1/2})``: the squared 2-Wasserstein distance of
+    two Gaussians."""
     covmean = scipy.linalg.sqrtm(cov1 @ cov2)
     covmean = onp.real(covmean)  # sqrtm may return tiny imaginary parts from round-off
     return float(onp.sum((mu1 - mu2) ** 2) + onp.trace(cov1 + cov2 - 2.0 * covmean))

@@ -7,9 +7,6 @@ network predicts the noise (``L_simple``), labels are dropped to the null class 
 samples come from DDIM with classifier-free guidance, ``eps_u + w (eps_c - eps_u)``.
 """
 
-import os
-import tempfile
-
 import numpy as onp
 
 from . import ddpm
@@ -91,16 +88,7 @@ def save_samples(path, images, labels):
     labels = onp.asarray(labels, dtype=onp.int64)
     if labels.shape != images.shape[:1]:
         raise ValueError(f"`labels` must have shape ({images.shape[0]},) (got {labels.shape})")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            onp.savez_compressed(f, images=images, labels=labels)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    checkpoint.atomic_write(path, lambda f: onp.savez_compressed(f, images=images, labels=labels))
 
 
 def load_samples(path):
@@ -131,4 +119,7 @@ def load_model(path):
     if kind == "unet":
         from .models import unet
         return unet.apply, params, unet.UNetConfig(**meta["config"]), meta
+    if kind == "dit":
+        from .models import dit
+        return dit.apply, params, dit.DiTConfig(**meta["config"]), meta
     raise ValueError(f"{path!r} holds an unknown model kind {kind!r}")

@@ -85,11 +85,7 @@ class DiscreteVP(GaussianPath):
         return self.alpha_bar.size
 
     def _index(self, t):
-        t = onp.asarray(t)
-        if not onp.issubdtype(t.dtype, onp.integer) or onp.any((t < 0) | (t >= self.T)):
-            raise ValueError(f"step index `t` must be an integer in [0, {self.T - 1}] "
-                             f"(array index = paper step - 1), got {t!r}")
-        return t
+        return check_step(t, self.T)
 
     def alpha(self, t):
         return onp.sqrt(self.alpha_bar[self._index(t)])
@@ -117,6 +113,15 @@ class SigmaPath(GaussianPath):
 
     def dsigma(self, t):
         return onp.ones_like(onp.asarray(t, dtype=onp.float64))
+
+
+def check_step(i, T):
+    """A step index of a discrete chain: integers in ``[0, T-1]`` (array index = paper step - 1)."""
+    i = onp.asarray(i)
+    if not onp.issubdtype(i.dtype, onp.integer) or onp.any((i < 0) | (i >= T)):
+        raise ValueError(f"step index must be an integer in [0, {T - 1}] "
+                         f"(array index = paper step - 1), got {i!r}")
+    return i
 
 
 def _times(t, t_max=1.0):

@@ -48,7 +48,7 @@ def test_oracle_velocity_on_the_linear_path(rng):
 
 
 def test_bad_input_is_named(rng):
-    with pytest.raises(ValueError, match=r"step index `t` must be an integer in \[0, 999\]"):
+    with pytest.raises(ValueError, match=r"step index must be an integer in \[0, 999\]"):
         ddpm.schedule().path.alpha(1000)
     with pytest.raises(ValueError, match=r"`t` must lie in \[0, 1\]"):
         process.Linear().sigma(1.5)

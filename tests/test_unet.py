@@ -61,6 +61,6 @@ def test_bad_configurations_are_named():
     with pytest.raises(ValueError, match=r"`x` must have shape \(N, 1, 8, 8\)"):
         unet.apply(unet.init(np.random.default_rng(0), TINY), np.zeros((1, 1, 9, 9)), 0.0,
                    None, TINY)
-    with pytest.raises(ValueError, match="labels in 0..3"):
+    with pytest.raises(ValueError, match="integer labels in 0..3"):
         unet.apply(unet.init(np.random.default_rng(0), TINY), np.zeros((1, 1, 8, 8)), 0.0,
                    np.array([7]), TINY)

@@ -23,7 +23,8 @@ def init(rng, dtype=onp.float32):
         return {"w": rng.uniform(-bound, bound, (c_out, c_in, 3, 3)).astype(dtype),
                 "b": onp.zeros(c_out, dtype)}
     return {"conv1": conv(1, 32), "conv2": conv(32, 64),
-            "fc1": init_linear(rng, 64 * 7 * 7, 128, dtype), "fc2": init_linear(rng, 128, 10, dtype)}
+            "fc1": init_linear(rng, 64 * 7 * 7, 128, dtype),
+            "fc2": init_linear(rng, 128, 10, dtype)}
 
 
 def features(params, x):

@@ -29,6 +29,7 @@ import numpy as onp
 
 from ..nn import init_linear, linear, silu, sinusoidal_embedding
 from ..nn.conv import attention, avg_pool2, conv2d, group_norm_act, upsample_nearest
+from . import check_images, labels_or_null
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,17 +206,11 @@ def apply(params, x, t, y=None, config=UNetConfig()):
     means all null) -> ``(N, C, H, W)``."""
     cfg = config
     n = x.shape[0]
-    if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.resolution, cfg.resolution):
-        raise ValueError(f"`x` must have shape (N, {cfg.in_channels}, {cfg.resolution}, "
-                         f"{cfg.resolution}) (got {tuple(x.shape)})")
-    t = onp.broadcast_to(onp.asarray(t, dtype=x.dtype), (n,))
+    t = check_images(x, t, cfg)
     emb = linear(params["time2"], silu(linear(params["time1"], sinusoidal_embedding(
         t, cfg.channels[0], dtype=x.dtype))))  # (N, emb)
     if cfg.num_classes is not None:
-        y = onp.full(n, cfg.num_classes) if y is None else onp.asarray(y)
-        if y.shape != (n,) or y.min() < 0 or y.max() > cfg.num_classes:
-            raise ValueError(f"`y` must be {n} labels in 0..{cfg.num_classes} "
-                             f"({cfg.num_classes} = null)")
+        y = labels_or_null(y, n, cfg.num_classes)
         emb = emb + params["class_emb"][y]
     emb = silu(emb)  # every block's embedding projection starts with SiLU (ADM)
 

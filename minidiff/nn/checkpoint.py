@@ -45,11 +45,17 @@ def save(path, tree, **meta):
         header_json = json.dumps(header)
     except TypeError as err:
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {err}") from None
+    atomic_write(path, lambda f: onp.savez(f, __header__=onp.array(header_json), **arrays))
+
+
+def atomic_write(path, write):
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, flush it to disk, then
+    rename it over ``path``: readers see the old file or the new one, never a partial one."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            onp.savez(f, __header__=onp.array(header_json), **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -258,24 +258,30 @@ def attention(q, k, v):
         dQ = dS K / sqrt(d),   dK = dS^T Q / sqrt(d).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    return _softmax((q @ k.transpose(0, 2, 1)) * scale) @ v
+    return _softmax((q @ _t(k)) * scale) @ v
+
+
+def _t(a):
+    """Batched transpose as a contiguous copy: NumPy's ``matmul`` on a transposed (strided)
+    stack falls back to a loop far slower than BLAS (measured 100x on (32, 196, 16) stacks)."""
+    return onp.ascontiguousarray(a.transpose(0, 2, 1))
 
 
 def _attention_vjp(argnums, ans, args, kwargs):
     q, k, v = args
     scale = 1.0 / math.sqrt(q.shape[-1])
-    p = _softmax((q @ k.transpose(0, 2, 1)) * scale)  # (B, Lq, Lk), recomputed
+    p = _softmax((q @ _t(k)) * scale)  # (B, Lq, Lk), recomputed
 
     def vjp(g):
-        g = g.astype(q.dtype, copy=False)
+        g = onp.ascontiguousarray(g, dtype=q.dtype)
         out = {}
         if 0 in argnums or 1 in argnums:
-            dp = g @ v.transpose(0, 2, 1)
+            dp = g @ _t(v)
             ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
             out[0] = (ds @ k) * scale
-            out[1] = (ds.transpose(0, 2, 1) @ q) * scale
+            out[1] = (_t(ds) @ q) * scale
         if 2 in argnums:
-            out[2] = p.transpose(0, 2, 1) @ g
+            out[2] = _t(p) @ g
         return tuple(out[i] for i in argnums)
     return vjp
 

@@ -1,0 +1,60 @@
+"""The shipped weights: the U-Net's samples and the classifier that scores them.
+
+Two levels (chapter 6): the default suite draws a small seeded sample (100 images, 20 DDIM steps,
+guidance 2) and checks it against stated bounds in well under a minute; ``make test-slow`` runs
+the full protocol of the issue (1,000 images, 100 per class, 100 DDIM steps, guidance 2).
+"""
+
+import numpy as np
+import pytest
+
+from minidiff import metrics, pipeline
+from minidiff.__main__ import evaluate_images
+from minidiff.datasets import mnist
+from minidiff.models import classifier
+from minidiff.nn import checkpoint
+from minidiff.nn.memory import keep_freed_memory
+
+WEIGHTS, CLASSIFIER = "data/weights/unet_mnist.npz", "data/weights/classifier_mnist.npz"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    import os
+
+    os.chdir(os.path.join(os.path.dirname(__file__), ".."))
+    keep_freed_memory()
+    return pipeline.load_model(WEIGHTS), checkpoint.load(CLASSIFIER)
+
+
+def test_shipped_classifier_is_accurate(shipped):
+    _, (clf, meta) = shipped
+    x, y = mnist("test")
+    acc = np.mean(classifier.predict(clf, x) == y)
+    assert acc >= 0.985, acc
+    assert abs(acc - meta["test_accuracy"]) < 1e-9  # the stored number is this one
+
+
+def test_small_seeded_sample_of_the_shipped_unet(shipped):
+    (apply, params, cfg, _), (clf, _) = shipped
+    labels = np.repeat(np.arange(10), 10)
+    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=20,
+                        guidance=2.0, batch_size=100)
+    r = evaluate_images(x, labels, clf, np.random.default_rng(0))
+    # Bounds for this exact seeded run, set from its measured values with room for other BLAS
+    # builds (measured: see the closing note of chapter 6): most samples are their class, and
+    # the FD ratio at n = 100 (where FD's small-sample bias dominates) is bounded.
+    assert r["agreement"] >= 0.85, r
+    assert r["fd"] / r["fd_real"] < 4.0, r
+
+
+@pytest.mark.slow
+def test_full_evaluation_of_the_shipped_unet(shipped):
+    (apply, params, cfg, _), (clf, _) = shipped
+    labels = np.repeat(np.arange(10), 100)
+    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=100,
+                        guidance=2.0)
+    r = evaluate_images(x, labels, clf, np.random.default_rng(0))
+    assert r["fd"] <= 2.5 * r["fd_real"], r
+    assert r["agreement"] >= 0.97, r
+    assert metrics.class_agreement(clf, x, labels) == r["agreement"]
