@@ -127,7 +127,7 @@ def check_step(i, T):
 def _times(t, t_max=1.0):
     t = onp.asarray(t, dtype=onp.float64)
     if not onp.all((t >= 0) & (t <= t_max)):
-        raise ValueError(f"`t` must lie in [0, {t_max}] (got {t!r})")
+        raise ValueError(f"`t` must lie in [0, {t_max:g}] (got {t!r})")
     return t
 
 

@@ -178,7 +178,7 @@ def test_bits_per_dim_and_dequantisation(rng):
 
 
 def test_bad_input_is_named(mixture, rng):
-    with pytest.raises(ValueError, match=r"`t` must lie in \[0, 1.0\]"):
+    with pytest.raises(ValueError, match=r"`t` must lie in \[0, 1\]"):
         process.VP().alpha(1.5)
     with pytest.raises(ValueError, match="need 0 <= t_end < t_start <= 1"):
         sde.euler_maruyama(lambda x, t: x, process.VP(), np.zeros((2, 2)), rng, t_end=1.0)
