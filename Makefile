@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: demo test test-slow notebooks lab lint clean
+.PHONY: demo test test-slow notebooks lab lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "minidiff needs Python 3.11+"'
@@ -41,6 +41,10 @@ notebooks: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,lab]'
 	$(BIN)/jupyter lab notebooks/
+
+## bench: time a U-Net training step (ratios within one run; PyTorch if installed in .venv)
+bench: $(STAMP)
+	$(BIN)/python -m minidiff.bench
 
 ## lint: ruff over the package, the tests and the notebooks' sources
 lint: $(STAMP)

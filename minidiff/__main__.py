@@ -13,6 +13,7 @@ resumes from its checkpoint if one exists. Training and sampling set the allocat
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -121,7 +122,9 @@ def cmd_train(args):
     seconds = elapsed + time.perf_counter() - t0
     command = "python -m minidiff " + " ".join(sys.argv[1:]) if args.command_line is None \
         else args.command_line
-    pipeline.save_model(args.out, state.ema, cfg, kind=args.model, seed=args.seed,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or None
+    pipeline.save_model(args.out, state.ema, cfg, kind=args.model, seed=args.seed, commit=commit,
                         steps=state.step,
                         batch_size=args.batch_size, lr=args.lr, command=command,
                         train_seconds_this_run=round(seconds, 1),

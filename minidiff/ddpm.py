@@ -23,7 +23,7 @@ import numpy as onp
 
 from .nn import mean
 from .process import DiscreteVP, check_step
-from .targets import per_sample, x0_from_eps
+from .targets import eps_from_x0, per_sample, x0_from_eps
 
 # ----------------------------------------------------------------------------- 1. schedules
 
@@ -265,7 +265,7 @@ def ddim_timesteps(T, steps, spacing="leading"):
 
 
 def ddim_sample(eps_fn, sched, x, rng=None, steps=50, eta=0.0, spacing="leading",
-                return_path=False):
+                clip_x0=None, return_path=False):
     """DDIM (Song, Meng & Ermon 2021, eq. (12)) over a sub-sequence ``tau`` of steps: from
     ``x = x_{tau_S}``, for each ``i = tau_k`` with predecessor ``j = tau_{k-1}`` (the data at the
     end, ``alpha_bar = 1``):
@@ -277,6 +277,11 @@ def ddim_sample(eps_fn, sched, x, rng=None, steps=50, eta=0.0, spacing="leading"
     (their eq. (16)). ``eta = 0`` is deterministic (the probability-flow ODE's discretisation);
     ``eta = 1`` with every step is DDPM with ``sigma_t² = beta~_t``. ``rng`` is needed when
     ``eta > 0``. Returns the final ``x`` or the path ``(steps + 1, N, ...)``.
+
+    ``clip_x0 = (lo, hi)`` clips ``x0_hat`` to the data range and re-derives ``eps`` from the
+    clipped value, as Ho et al.'s and ADM's image samplers do (``clip_denoised=True``): not part
+    of the paper's equations, but it keeps an imperfect network's early, wild ``x0`` guesses
+    inside the data range. Off by default (2D data have no range).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"`eta` must lie in [0, 1] (got {eta})")
@@ -290,6 +295,9 @@ def ddim_sample(eps_fn, sched, x, rng=None, steps=50, eta=0.0, spacing="leading"
         ab_i, ab_j = ab[i], (ab[tau[k - 1]] if k > 0 else 1.0)
         eps = eps_fn(x, i)
         x0_hat = x0_from_eps(eps, x, math.sqrt(ab_i), math.sqrt(1 - ab_i))
+        if clip_x0 is not None:
+            x0_hat = onp.clip(x0_hat, *clip_x0)
+            eps = eps_from_x0(x0_hat, x, math.sqrt(ab_i), math.sqrt(1 - ab_i))
         s = eta * math.sqrt((1 - ab_j) / (1 - ab_i) * (1 - ab_i / ab_j))
         x = math.sqrt(ab_j) * x0_hat + math.sqrt(max(1 - ab_j - s * s, 0.0)) * eps
         if s > 0:

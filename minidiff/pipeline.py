@@ -57,8 +57,9 @@ def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10):
 
 def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_size=200,
            spacing="leading", progress=None):
-    """Images for ``labels`` by deterministic DDIM over ``steps`` steps with guidance ``w``;
-    returns float32 ``(N, 1, 28, 28)`` in ``[-1, 1]`` (clipped)."""
+    """Images for ``labels`` by deterministic DDIM over ``steps`` steps with guidance ``w``,
+    predicted ``x0`` clipped to the pixel range at every step (``ddpm.ddim_sample``'s
+    ``clip_x0``); returns float32 ``(N, 1, 28, 28)`` in ``[-1, 1]``."""
     sched = ddpm.schedule("linear")
     out = []
     labels = onp.asarray(labels)
@@ -67,7 +68,7 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
         z = rng.standard_normal((len(y), config.in_channels, config.resolution,
                                  config.resolution)).astype(onp.float32)
         x = ddpm.ddim_sample(guided_eps(apply, params, config, y, guidance), sched, z,
-                             steps=steps, spacing=spacing)
+                             steps=steps, spacing=spacing, clip_x0=(-1.0, 1.0))
         out.append(onp.clip(x, -1.0, 1.0).astype(onp.float32))
         if progress is not None:
             progress(len(y))

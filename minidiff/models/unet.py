@@ -167,7 +167,9 @@ def init(rng, config=UNetConfig(), dtype=onp.float32):
     p = {"time1": init_linear(rng, ch0, emb, dtype), "time2": init_linear(rng, emb, emb, dtype),
          "conv_in": _conv_init(rng, cfg.in_channels, ch0, 3, dtype), "down": [], "up": []}
     if cfg.num_classes is not None:
-        p["class_emb"] = (rng.standard_normal((cfg.num_classes + 1, emb)) * 0.02).astype(dtype)
+        # N(0, 1), as ADM's nn.Embedding: a class signal as strong as the time signal from the
+        # first step (a 0.02-scale start left the first shipped run weakly conditioned).
+        p["class_emb"] = rng.standard_normal((cfg.num_classes + 1, emb)).astype(dtype)
     skips, c = [ch0], ch0
     last = len(cfg.channels) - 1
     for lv, c_out in enumerate(cfg.channels):
