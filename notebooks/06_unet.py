@@ -121,7 +121,10 @@ if FAST:  # a few seconds of training, to show the loop runs from here too
 #
 # DDIM with $\eta = 0$ (chapter 3) and the guided noise $\epsilon_u + w(\epsilon_c - \epsilon_u)$
 # (Ho & Salimans 2022; chapter 7 explains it): $w = 1$ is the plain class-conditional model,
-# $w = 2$ pushes harder towards the class.
+# $w = 2$ pushes harder towards the class. As in Ho et al.'s and ADM's image samplers, the
+# predicted $\hat x_0$ is clipped to the pixel range $[-1, 1]$ at every step (`clip_x0`): at high
+# noise a small network's $\hat x_0$ is far outside it, and without the clip the samples keep a
+# speckled background.
 
 # %%
 n_per_class = 2 if FAST else 8
