@@ -21,15 +21,23 @@ MNIST
 """
 
 import numpy as onp
-import scipy.linalg
 
 
 def frechet_distance(mu1, cov1, mu2, cov2):
     """``|mu1 - mu2|² + tr(C1 + C2 - 2 (C1 C2)^{1/2})``: the squared 2-Wasserstein distance of
     two Gaussians."""
-    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
-    covmean = onp.real(covmean)  # sqrtm may return tiny imaginary parts from round-off
-    return float(onp.sum((mu1 - mu2) ** 2) + onp.trace(cov1 + cov2 - 2.0 * covmean))
+    # tr (C1 C2)^{1/2} = sum of sqrt(eigenvalues of C1^{1/2} C2 C1^{1/2}), a symmetric PSD
+    # matrix: stable where sqrtm(C1 @ C2) warns (singular covariances: ReLU features that are
+    # always zero in a small sample).
+    s1 = _psd_sqrt(cov1)
+    ev = onp.linalg.eigvalsh(s1 @ cov2 @ s1)
+    tr_covmean = onp.sum(onp.sqrt(onp.clip(ev, 0.0, None)))
+    return float(onp.sum((mu1 - mu2) ** 2) + onp.trace(cov1) + onp.trace(cov2) - 2.0 * tr_covmean)
+
+
+def _psd_sqrt(c):
+    w, v = onp.linalg.eigh((c + c.T) / 2)
+    return (v * onp.sqrt(onp.clip(w, 0.0, None))) @ v.T
 
 
 def feature_stats(classifier_params, images, batch_size=500):

@@ -13,7 +13,11 @@ def test_shapes_and_gradients(rng):
     assert classifier.features(params, x).shape == (3, 128)
     assert classifier.apply(params, x).shape == (3, 10)
     batch = {"x": x, "y": np.array([0, 4, 9])}
-    check_grads(lambda p: classifier.loss(p, batch), modes=["rev"], order=1)(params)
+    # Finite differences across a ReLU kink are wrong: with ~10^5 ReLU units in the conv layers a
+    # crossing is likely, so the numerical check covers the dense head (128 units) with the conv
+    # layers fixed; conv2d and avg_pool2 have their own checks in tests/test_conv.py.
+    head = {k: params[k] for k in ("fc1", "fc2")}
+    check_grads(lambda h: classifier.loss({**params, **h}, batch), modes=["rev"], order=1)(head)
 
 
 def test_cross_entropy_of_uniform_logits_is_log_10(rng):

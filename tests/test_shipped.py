@@ -41,11 +41,12 @@ def test_small_seeded_sample_of_the_shipped_unet(shipped):
     x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=20,
                         guidance=2.0, batch_size=100)
     r = evaluate_images(x, labels, clf, np.random.default_rng(0))
-    # Bounds for this exact seeded run, set from its measured values with room for other BLAS
-    # builds (measured: see the closing note of chapter 6): most samples are their class, and
-    # the FD ratio at n = 100 (where FD's small-sample bias dominates) is bounded.
-    assert r["agreement"] >= 0.85, r
-    assert r["fd"] / r["fd_real"] < 4.0, r
+    # Bounds for this exact seeded run, from its measured values (agreement 0.97, FD-MNIST 56.3
+    # against a real-vs-real 38.8 at n = 100, ratio 1.45) with room for other BLAS builds; the
+    # first shipped run, whose class embedding started at 0.02 scale, measured 0.44 and 2.51 and
+    # fails both.
+    assert r["agreement"] >= 0.9, r
+    assert r["fd"] / r["fd_real"] < 2.0, r
 
 
 @pytest.mark.slow
