@@ -134,8 +134,8 @@ t0 = time.perf_counter()
 guided = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(1), steps=steps,
                          guidance=2.0)
 print(f"{len(labels)} samples, {steps} DDIM steps, guidance 2: {time.perf_counter() - t0:.0f} s")
-fig, axes = plt.subplots(n_per_class, 10, figsize=(10, n_per_class))
-for ax, img in zip(np.atleast_2d(axes).T.ravel(), guided.reshape(10, n_per_class, 28, 28)
+fig, axes = plt.subplots(n_per_class, 10, figsize=(10, n_per_class))  # column = class
+for ax, img in zip(np.atleast_2d(axes).ravel(), guided.reshape(10, n_per_class, 28, 28)
                    .transpose(1, 0, 2, 3).reshape(-1, 28, 28)):
     ax.imshow(img, cmap="gray", vmin=-1, vmax=1)
     ax.axis("off")
