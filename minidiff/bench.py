@@ -1,13 +1,14 @@
-"""``make bench``: speed and memory of a U-Net training step, as ratios within one run.
+"""``make bench``: speed and memory of a training step, as ratios within one run.
 
-    python -m minidiff.bench [--batch 64 128] [--repeats 5]
+    python -m minidiff.bench [--model unet dit] [--batch 64 128] [--repeats 5]
 
-Times one training step (forward, backward, Adam) of the default U-Net in float32 at each batch
-size, reports samples per second and the peak resident memory (each configuration runs in its own
+Times one training step (forward, backward, Adam) of the default U-Net (chapter 6) and the default
+DiT (chapter 9) in float32 at each batch size, reports samples per second and the peak resident memory (each configuration runs in its own
 subprocess, so peaks do not mix), and — where PyTorch is installed (``pip install torch==2.13.0``
 into .venv; never a dependency of minidiff) — times the identical architecture in PyTorch in the
 same run and prints the ratio. Timings are medians of ``--repeats`` steps after two warm-up steps.
-Targets on a 2-core machine (chapter 6): ratio <= 2.0, peak memory <= 1.0 GB at batch 64.
+Targets on a 2-core machine: U-Net ratio <= 2.0 and peak memory <= 1.0 GB at batch 64 (chapter 6);
+DiT ratio <= 1.6 (chapter 9).
 """
 
 import argparse
@@ -17,26 +18,27 @@ import sys
 import time
 
 
-def _numpy_step(batch, repeats):
+def _numpy_step(model, batch, repeats):
     import resource
 
     import autograd
     import numpy as np
 
     from minidiff import nn
-    from minidiff.models import unet
+    from minidiff.models import dit, unet
     from minidiff.nn.memory import keep_freed_memory
 
     keep_freed_memory()
     rng = np.random.default_rng(0)
-    cfg = unet.UNetConfig()
-    params = unet.init(rng, cfg)
+    arch = unet if model == "unet" else dit
+    cfg = unet.UNetConfig() if model == "unet" else dit.DiTConfig()
+    params = arch.init(rng, cfg)
     opt = nn.adam_init(params)
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
     eps = rng.standard_normal(x.shape).astype(np.float32)
     t = rng.integers(0, 1000, batch).astype(np.float32)
     y = rng.integers(0, 11, batch)
-    grad = autograd.grad(lambda p: nn.mean((unet.apply(p, x, t, y, cfg) - eps) ** 2))
+    grad = autograd.grad(lambda p: nn.mean((arch.apply(p, x, t, y, cfg) - eps) ** 2))
     times = []
     for k in range(repeats + 2):
         t0 = time.perf_counter()
@@ -49,16 +51,16 @@ def _numpy_step(batch, repeats):
             "params": nn.tree_size(params)}
 
 
-def _torch_step(batch, repeats):
+def _torch_step(model, batch, repeats):
     import resource
 
     import numpy as np
     import torch
 
-    from minidiff.bench_torch import TorchUNet
+    from minidiff.bench_torch import TorchDiT, TorchUNet
 
     torch.manual_seed(0)
-    model = TorchUNet()
+    model = TorchUNet() if model == "unet" else TorchDiT()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 1, 28, 28)
     eps = torch.randn_like(x)
@@ -79,14 +81,14 @@ def _torch_step(batch, repeats):
             "threads": torch.get_num_threads()}
 
 
-def _child(which, batch, repeats):
-    result = (_numpy_step if which == "numpy" else _torch_step)(batch, repeats)
+def _child(which, model, batch, repeats):
+    result = (_numpy_step if which == "numpy" else _torch_step)(model, batch, repeats)
     print(json.dumps(result))
 
 
-def _run(which, batch, repeats):
+def _run(which, model, batch, repeats):
     out = subprocess.run([sys.executable, "-m", "minidiff.bench", "--child", which,
-                          "--batch", str(batch), "--repeats", str(repeats)],
+                          "--model", model, "--batch", str(batch), "--repeats", str(repeats)],
                          capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr else "failed"
@@ -95,21 +97,24 @@ def _run(which, batch, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", nargs="+", choices=["unet", "dit"], default=["unet", "dit"])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--child", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child, args.batch[0], args.repeats)
+        _child(args.child, args.model[0], args.batch[0], args.repeats)
         return 0
     try:
         import torch  # noqa: F401
         have_torch = True
     except ImportError:
         have_torch = False
-    print("U-Net training step (forward + backward + Adam), float32, default configuration")
-    for batch in args.batch:
-        res, err = _run("numpy", batch, args.repeats)
+    for model, batch in [(m, b) for m in args.model for b in args.batch]:
+        if batch == args.batch[0]:
+            print(f"{'U-Net' if model == 'unet' else 'DiT'} training step (forward + backward + "
+                  "Adam), float32, default configuration")
+        res, err = _run("numpy", model, batch, args.repeats)
         if res is None:
             print(f"batch {batch}: numpy run failed: {err}")
             continue
@@ -117,7 +122,7 @@ def main(argv=None):
                 f"({batch / res['seconds']:.0f} samples/s), peak {res['peak_gb']:.2f} GB, "
                 f"{res['params'] / 1e6:.2f}M params")
         if have_torch:
-            tres, terr = _run("torch", batch, args.repeats)
+            tres, terr = _run("torch", model, batch, args.repeats)
             if tres is not None:
                 line += (f" | PyTorch {tres['seconds']:.3f} s/step, peak {tres['peak_gb']:.2f} GB"
                          f" ({tres['threads']} threads) | ratio "

@@ -100,3 +100,74 @@ class TorchUNet(nn.Module):
             for m in blocks[1:]:
                 h = m(h) if isinstance(m, Attention) else m(F.interpolate(h, scale_factor=2.0))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-zero block, as ``minidiff.models.dit._block`` (LayerNorm without affine, eps 1e-6)."""
+
+    def __init__(self, d, heads, mlp_ratio=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, mlp_ratio * d), nn.Linear(mlp_ratio * d, d)
+        self.ada = nn.Linear(d, 6 * d)
+
+    def forward(self, x, c):
+        n, t, d = x.shape
+        sa, ca, ga, sm, cm, gm = self.ada(F.silu(c))[:, None].chunk(6, dim=2)
+        h = F.layer_norm(x, (d,), eps=1e-6) * (1 + ca) + sa
+        q, k, v = self.qkv(h).reshape(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
+        x = x + ga * self.proj(o)
+        h = F.layer_norm(x, (d,), eps=1e-6) * (1 + cm) + sm
+        return x + gm * self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
+
+
+class TorchDiT(nn.Module):
+    """The chapter 9 DiT (``DiTConfig()`` defaults: patch 4, width 128, depth 4, 4 heads)."""
+
+    def __init__(self, patch=4, width=128, depth=4, heads=4, resolution=28, num_classes=10):
+        super().__init__()
+        self.p, self.grid = patch, resolution // patch
+        self.embed = nn.Linear(patch * patch, width)
+        self.time = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
+        self.class_emb = nn.Embedding(num_classes + 1, width)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(depth))
+        self.final_ada, self.final = nn.Linear(width, 2 * width), nn.Linear(width, patch * patch)
+        self.register_buffer("pos", torch.zeros(self.grid**2, width))  # fixed: from_numpy
+
+    def forward(self, x, t, y):
+        n, p, g = x.shape[0], self.p, self.grid
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(128) / 128)
+        c = self.time(torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)],
+                                1)) + self.class_emb(y)
+        tok = x.reshape(n, 1, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(n, g * g, p * p)
+        h = self.embed(tok) + self.pos
+        for blk in self.blocks:
+            h = blk(h, c)
+        shift, scale = self.final_ada(F.silu(c))[:, None].chunk(2, dim=2)
+        out = self.final(F.layer_norm(h, (h.shape[-1],), eps=1e-6) * (1 + scale) + shift)
+        return out.reshape(n, g, g, p, p, 1).permute(0, 5, 1, 3, 2, 4).reshape(n, 1, g * p, g * p)
+
+    @torch.no_grad()
+    def from_numpy(self, params, pos):
+        """Copy ``minidiff.models.dit`` parameters (and its sin-cos table ``pos``) into this twin,
+        so a test can check that both compute the same function."""
+        def lin(mod, p):
+            mod.weight.copy_(torch.from_numpy(p["w"].T.copy()))
+            mod.bias.copy_(torch.from_numpy(p["b"]))
+        lin(self.embed, params["embed"])
+        lin(self.time[0], params["time1"])
+        lin(self.time[2], params["time2"])
+        self.class_emb.weight.copy_(torch.from_numpy(params["class_emb"]))
+        for blk, p in zip(self.blocks, params["blocks"], strict=True):
+            for name, key in [("qkv", ("attn", "qkv")), ("proj", ("attn", "proj")),
+                              ("fc1", ("mlp", "fc1")), ("fc2", ("mlp", "fc2")), ("ada", ("ada",))]:
+                sub = p
+                for k in key:
+                    sub = sub[k]
+                lin(getattr(blk, name), sub)
+        lin(self.final_ada, params["final_ada"])
+        lin(self.final, params["final"])
+        self.pos.copy_(torch.from_numpy(pos))
+        return self
