@@ -2,6 +2,8 @@
 
     python -m minidiff demo [--fast] [--out DIR]
     python -m minidiff train unet [--steps N] [--batch-size B] [--seed S] [--out weights.npz]
+    python -m minidiff train dit [--patch 4] [--width 128] [--depth 4] [--heads 4] ...
+    python -m minidiff sweep [--shapes 7x64 4x128 2x64 ...] [--steps 1000] [--out table.json]
     python -m minidiff sample --weights W.npz [--n 1000] [--steps 100] [--guidance 2] --out s.npz
     python -m minidiff evaluate samples.npz
 
@@ -88,7 +90,7 @@ def demo_chapter1(out, fast, seed=0):
 
 
 def cmd_train(args):
-    from . import ddpm, pipeline
+    from . import pipeline
     from .datasets import mnist
     from .models import unet
     from .nn.memory import keep_freed_memory
@@ -103,7 +105,6 @@ def cmd_train(args):
         cfg = unet.UNetConfig(channels=tuple(args.channels), num_res_blocks=args.num_res_blocks,
                               resblock_updown=args.resblock_updown)
     images, labels = mnist("train")
-    sched = ddpm.schedule("linear")
     ckpt = Path(args.checkpoint)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     if ckpt.exists():
@@ -111,14 +112,13 @@ def cmd_train(args):
         print(f"resuming from {ckpt} at step {state.step}")
     else:
         state = train.init_state(arch.init(np.random.default_rng(args.seed), cfg), args.seed)
-    batch_fn = pipeline.mnist_batches(sched, images, labels, args.batch_size)
-    loss = pipeline.eps_loss(arch.apply, cfg)
     elapsed = float(getattr(args, "_elapsed", 0.0))
     t0 = time.perf_counter()
-    state, losses = train.fit(loss, state, batch_fn, args.steps, lr=args.lr, warmup=args.warmup,
-                              clip=1.0, ema=0.999, checkpoint_path=ckpt,
-                              checkpoint_every=args.checkpoint_every,
-                              desc=f"{args.model} on MNIST")
+    state, losses = pipeline.train_mnist(arch, cfg, state, images, labels, args.steps,
+                                         batch_size=args.batch_size, lr=args.lr,
+                                         warmup=args.warmup, checkpoint_path=ckpt,
+                                         checkpoint_every=args.checkpoint_every,
+                                         desc=f"{args.model} on MNIST")
     seconds = elapsed + time.perf_counter() - t0
     command = "python -m minidiff " + " ".join(sys.argv[1:]) if args.command_line is None \
         else args.command_line
@@ -136,7 +136,7 @@ def cmd_train(args):
 
 def demo_chapter6(out, fast, seed=0):
     """Samples of the shipped U-Net, a grid in out/, and their scores."""
-    from . import pipeline
+    from . import metrics, pipeline
     from .nn import checkpoint
     from .nn.memory import keep_freed_memory
 
@@ -150,7 +150,7 @@ def demo_chapter6(out, fast, seed=0):
     x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(seed), steps=steps,
                         guidance=2.0)
     seconds = time.perf_counter() - t0
-    r = evaluate_images(x, labels, clf, np.random.default_rng(seed))
+    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(seed))
     print(f"  {len(labels)} samples, {steps} DDIM steps, guidance 2, in {seconds:.0f} s: "
           f"class agreement {100 * r['agreement']:.0f}%, FD-MNIST {r['fd']:.1f} "
           f"(real-vs-real at this n: {r['fd_real']:.1f})")
@@ -187,6 +187,37 @@ def cmd_train_classifier(args):
     return 0
 
 
+def cmd_sweep(args):
+    from . import pipeline
+    from .datasets import mnist
+    from .nn import checkpoint
+    from .nn.memory import keep_freed_memory
+
+    keep_freed_memory()
+    images, labels = mnist("train")
+    clf, _ = checkpoint.load(args.classifier)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    t0 = time.perf_counter()
+    rows = pipeline.dit_sweep(images, labels, clf, shapes, steps=args.steps,
+                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              n_eval=args.n, eval_steps=args.sample_steps,
+                              guidance=args.guidance)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or None
+    pipeline.save_sweep(args.out, rows, command="python -m minidiff " + " ".join(sys.argv[1:]),
+                        commit=commit, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                        seed=args.seed, n_eval=args.n, eval_steps=args.sample_steps,
+                        guidance=args.guidance, seconds=round(time.perf_counter() - t0, 1))
+    print(f"{'patch':>5} {'width':>5} {'params':>8} {'Gflops':>7} {'train s':>8} {'FD':>7} "
+          f"{'real':>6} {'agree':>6}")
+    for r in rows:
+        print(f"{r['patch']:5d} {r['width']:5d} {r['params']:8d} {r['gflops']:7.4f} "
+              f"{r['train_seconds']:8.0f} {r['fd']:7.1f} {r['fd_real']:6.1f} "
+              f"{100 * r['agreement']:5.0f}%")
+    print(f"-> {args.out}")
+    return 0
+
+
 def cmd_sample(args):
     from . import pipeline
     from .nn.memory import keep_freed_memory
@@ -204,28 +235,13 @@ def cmd_sample(args):
     return 0
 
 
-def evaluate_images(images, labels, classifier_params, rng):
-    """FD-MNIST of ``images`` against as many test digits (same class balance), the real-vs-real
-    baseline (as many train digits against those test digits), and the class agreement."""
-    from . import metrics
-    from .datasets import mnist
-
-    per_class = len(labels) // 10
-    test_x, test_y = metrics.balanced_subset(*mnist("test"), per_class, rng)
-    train_x, _ = metrics.balanced_subset(*mnist("train"), per_class, rng)
-    return {"fd": metrics.fd_mnist(classifier_params, images, test_x),
-            "fd_real": metrics.fd_mnist(classifier_params, train_x, test_x),
-            "agreement": metrics.class_agreement(classifier_params, images, labels),
-            "n": len(labels)}
-
-
 def cmd_evaluate(args):
     from . import metrics, pipeline
     from .nn import checkpoint
 
     pixels, labels = pipeline.load_samples(args.samples)
     classifier_params, _ = checkpoint.load(args.classifier)
-    r = evaluate_images(metrics.images_from_uint8(pixels), labels, classifier_params,
+    r = metrics.evaluate_samples(metrics.images_from_uint8(pixels), labels, classifier_params,
                         np.random.default_rng(args.seed))
     print(f"{r['n']} samples: FD-MNIST {r['fd']:.2f} (real-vs-real baseline {r['fd_real']:.2f}, "
           f"ratio {r['fd'] / r['fd_real']:.2f}); classifier agrees with the requested class on "
@@ -263,6 +279,18 @@ def main(argv=None):
                     "out/<model>_train.npz)")
     tr.add_argument("--checkpoint-every", type=int, default=100)
     tr.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    sw = sub.add_parser("sweep", help="the DiT scaling sweep: FD-MNIST against Gflops")
+    sw.add_argument("--shapes", nargs="+", default=["7x64", "7x128", "4x64", "4x128", "2x64",
+                                                    "2x128"], help="PATCHxWIDTH for each model")
+    sw.add_argument("--steps", type=int, default=1000)
+    sw.add_argument("--batch-size", type=int, default=32)
+    sw.add_argument("--lr", type=float, default=1e-3)
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--n", type=int, default=200, help="images per model for FD-MNIST")
+    sw.add_argument("--sample-steps", type=int, default=50)
+    sw.add_argument("--guidance", type=float, default=2.0)
+    sw.add_argument("--classifier", default="data/weights/classifier_mnist.npz")
+    sw.add_argument("--out", default="data/weights/dit_sweep.json")
     sa = sub.add_parser("sample", help="sample MNIST digits, 10 classes, to an .npz")
     sa.add_argument("--weights", default="data/weights/unet_mnist.npz")
     sa.add_argument("--n", type=int, default=1000)
@@ -285,6 +313,8 @@ def main(argv=None):
         return cmd_train(args)
     if args.command == "sample":
         return cmd_sample(args)
+    if args.command == "sweep":
+        return cmd_sweep(args)
     if args.command == "demo":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

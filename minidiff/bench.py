@@ -3,10 +3,11 @@
     python -m minidiff.bench [--model unet dit] [--batch 64 128] [--repeats 5]
 
 Times one training step (forward, backward, Adam) of the default U-Net (chapter 6) and the default
-DiT (chapter 9) in float32 at each batch size, reports samples per second and the peak resident memory (each configuration runs in its own
-subprocess, so peaks do not mix), and — where PyTorch is installed (``pip install torch==2.13.0``
-into .venv; never a dependency of minidiff) — times the identical architecture in PyTorch in the
-same run and prints the ratio. Timings are medians of ``--repeats`` steps after two warm-up steps.
+DiT (chapter 9) in float32 at each batch size, reports samples per second and the peak resident
+memory (each configuration runs in its own subprocess, so peaks do not mix), and — where PyTorch
+is installed (``pip install torch==2.13.0`` into .venv; never a dependency of minidiff) — times
+the identical architecture in PyTorch in the same run and prints the ratio. Timings are medians
+of ``--repeats`` steps after two warm-up steps.
 Targets on a 2-core machine: U-Net ratio <= 2.0 and peak memory <= 1.0 GB at batch 64 (chapter 6);
 DiT ratio <= 1.6 (chapter 9).
 """

@@ -74,6 +74,21 @@ def balanced_subset(images, labels, per_class, rng):
     return images[idx], labels[idx]
 
 
+def evaluate_samples(images, labels, classifier_params, rng):
+    """FD-MNIST of ``images`` (floats in ``[-1, 1]``) against as many test digits with the same
+    class balance, the real-vs-real baseline (as many train digits against those test digits) and
+    the class agreement: ``{"fd", "fd_real", "agreement", "n"}``."""
+    from .datasets import mnist
+
+    per_class = len(labels) // 10
+    test_x, _ = balanced_subset(*mnist("test"), per_class, rng)
+    train_x, _ = balanced_subset(*mnist("train"), per_class, rng)
+    return {"fd": fd_mnist(classifier_params, images, test_x),
+            "fd_real": fd_mnist(classifier_params, train_x, test_x),
+            "agreement": class_agreement(classifier_params, images, labels),
+            "n": len(labels)}
+
+
 def mmd2(x, y, bandwidth=None):
     """Unbiased squared MMD with ``k(a, b) = exp(-|a - b|² / (2 h²))``; ``h`` defaults to the
     median pairwise distance of the pooled sample (the median heuristic)."""

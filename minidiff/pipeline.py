@@ -7,9 +7,12 @@ network predicts the noise (``L_simple``), labels are dropped to the null class 
 samples come from DDIM with classifier-free guidance, ``eps_u + w (eps_c - eps_u)``.
 """
 
+import json
+import time
+
 import numpy as onp
 
-from . import ddpm
+from . import ddpm, metrics, train
 from .nn import checkpoint, mean
 
 
@@ -35,6 +38,18 @@ def eps_loss(apply, config):
         pred = apply(params, batch["xt"], batch["i"].astype(onp.float32), batch["y"], config)
         return mean((pred - batch["eps"]) ** 2)
     return loss
+
+
+def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
+                warmup=200, checkpoint_path=None, checkpoint_every=100, progress=True,
+                desc="train"):
+    """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
+    ``L_simple`` on the linear schedule, label dropout, Adam with ``warmup`` steps to ``lr``,
+    gradient norm clipped at 1, EMA 0.999 (warmed up). Returns ``(state, losses)``."""
+    batch_fn = mnist_batches(ddpm.schedule("linear"), images, labels, batch_size)
+    return train.fit(eps_loss(arch.apply, config), state, batch_fn, steps, lr=lr, warmup=warmup,
+                     clip=1.0, ema=0.999, checkpoint_path=checkpoint_path,
+                     checkpoint_every=checkpoint_every, progress=progress, desc=desc)
 
 
 def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10):
@@ -124,3 +139,58 @@ def load_model(path):
         from .models import dit
         return dit.apply, params, dit.DiTConfig(**meta["config"]), meta
     raise ValueError(f"{path!r} holds an unknown model kind {kind!r}")
+
+
+# ----------------------------------------------------------------------------- DiT scaling sweep
+
+SWEEP_SHAPES = ((7, 64), (7, 128), (4, 64), (4, 128), (2, 64), (2, 128))  # (patch, width)
+
+
+def dit_sweep(images, labels, classifier_params, shapes=SWEEP_SHAPES, *, steps=1000,
+              batch_size=32, lr=1e-3, seed=0, depth=4, heads=4, n_eval=200, eval_steps=50,
+              guidance=2.0, progress=True):
+    """The DiT paper's scaling experiment in miniature (Peebles & Xie 2023, figs. 2 and 8): train
+    one DiT per ``(patch, width)`` for the same ``steps``, sample ``n_eval`` images (equal per
+    class; DDIM, ``eval_steps`` steps, guidance ``guidance``) from each EMA, and score them.
+
+    Returns one row per model: its shape, parameter count, forward Gflops (``dit.gflops``),
+    training seconds, final loss, FD-MNIST, the real-vs-real baseline at ``n_eval`` and the class
+    agreement. Every model sees the same seed, batches and evaluation noise."""
+    from . import nn
+    from .models import dit
+
+    rows = []
+    eval_labels = onp.repeat(onp.arange(10), n_eval // 10)
+    for patch, width in shapes:
+        cfg = dit.DiTConfig(patch=patch, width=width, depth=depth, heads=heads)
+        params = dit.init(onp.random.default_rng(seed), cfg)
+        t0 = time.perf_counter()
+        state, losses = train_mnist(dit, cfg, train.init_state(params, seed), images, labels,
+                                    steps, batch_size=batch_size, lr=lr, progress=progress,
+                                    desc=f"DiT patch {patch} width {width}")
+        seconds = time.perf_counter() - t0
+        x = sample(dit.apply, state.ema, cfg, eval_labels, onp.random.default_rng(seed),
+                   steps=eval_steps, guidance=guidance)
+        r = metrics.evaluate_samples(x, eval_labels, classifier_params,
+                                     onp.random.default_rng(seed))
+        rows.append({"patch": patch, "width": width, "depth": depth, "heads": heads,
+                     "tokens": cfg.tokens, "params": nn.tree_size(params),
+                     "gflops": dit.gflops(cfg), "train_seconds": round(seconds, 1),
+                     "final_loss": float(onp.mean(losses[-100:])), "fd": r["fd"],
+                     "fd_real": r["fd_real"], "agreement": r["agreement"]})
+    return rows
+
+
+def save_sweep(path, rows, **meta):
+    """The sweep's table as JSON (``{"meta": ..., "rows": [...]}``), written atomically."""
+    text = json.dumps({"meta": meta, "rows": rows}, indent=1)
+    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def load_sweep(path):
+    """``(rows, meta)`` from ``save_sweep``'s file."""
+    with open(path) as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict) or "rows" not in data:
+        raise ValueError(f"{path!r} is not a DiT sweep table (no `rows`)")
+    return data["rows"], data.get("meta", {})

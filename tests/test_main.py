@@ -38,3 +38,14 @@ def code_lines(path):
 def test_chapter_modules_stay_within_the_line_budget(module):
     # STYLE.md: about 250 lines of code per module (docstrings and comments are free).
     assert code_lines(PACKAGE / module) <= 250
+
+
+def test_train_dit_from_the_command_line_writes_loadable_weights(tmp_path, capsys):
+    from minidiff import pipeline
+
+    out, ckpt = tmp_path / "dit.npz", tmp_path / "dit_train.npz"
+    assert main(["train", "dit", "--steps", "2", "--batch-size", "2", "--width", "16",
+                 "--patch", "7", "--out", str(out), "--checkpoint", str(ckpt)]) == 0
+    apply, params, cfg, meta = pipeline.load_model(out)
+    assert (cfg.patch, cfg.width) == (7, 16) and meta["steps"] == 2 and meta["model"] == "dit"
+    assert "saved the EMA weights" in capsys.readouterr().out

@@ -196,3 +196,40 @@ def test_failed_save_overwrites_nothing(tmp_path, rng):
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["c.npz"]
     assert zipfile.is_zipfile(path)
+
+
+def _gelu_reference(x):
+    # the formula traced op by op (the primitive must agree with it)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def test_gelu_primitive_matches_the_formula_and_passes_check_grads(rng):
+    x = rng.normal(size=(4, 7)) * 3
+    np.testing.assert_allclose(nn.gelu(x), _gelu_reference(x), rtol=1e-14, atol=1e-15)
+    check_grads(nn.gelu, modes=["rev"], order=1)(x)
+    xf = np.array([-100.0, -50.0, 0.0, 50.0, 100.0], np.float32)  # no overflow far out
+    with np.errstate(all="raise"):
+        g = autograd.grad(lambda z: np.sum(nn.gelu(z)))(xf)
+    assert g.dtype == np.float32
+    np.testing.assert_array_equal(g, [0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+def _mln_reference(x, shift, scale, eps=1e-6):
+    mu = np.mean(x, axis=-1, keepdims=True)
+    var = np.mean((x - mu) ** 2, axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * (1.0 + scale) + shift
+
+
+def test_modulated_layer_norm_matches_the_formula_and_passes_check_grads(rng):
+    x = rng.normal(size=(2, 5, 6)) * 2 + 1
+    shift, scale = rng.normal(size=(2, 1, 6)), rng.normal(size=(2, 1, 6))
+    np.testing.assert_allclose(nn.modulated_layer_norm(x, shift, scale),
+                               _mln_reference(x, shift, scale), rtol=1e-12, atol=1e-12)
+    check_grads(nn.modulated_layer_norm, modes=["rev"], order=1)(x, shift, scale)
+    # shared (1, 1, D) modulation broadcasts over samples and tokens; gradients sum back to it
+    s1, c1 = rng.normal(size=(1, 1, 6)), rng.normal(size=(1, 1, 6))
+    check_grads(nn.modulated_layer_norm, modes=["rev"], order=1)(x, s1, c1)
+    xf, sf = x.astype(np.float32), shift.astype(np.float32)
+    grads = autograd.grad(lambda a, b, c: np.sum(nn.modulated_layer_norm(a, b, c) ** 2),
+                          argnum=(0, 1, 2))(xf, sf, sf)
+    assert all(g.dtype == np.float32 for g in grads)

@@ -1,5 +1,7 @@
 """The MNIST diffusion glue: batches, guidance, sampling, sample files, model files."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from minidiff import ddpm, pipeline
 from minidiff.models import unet
 from minidiff.nn import tree_map
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY = unet.UNetConfig(resolution=8, channels=(4, 8), num_res_blocks=1, attention_levels=(1,),
                        head_channels=4, groups=2, num_classes=10)
 
@@ -68,3 +71,29 @@ def test_model_files_round_trip(tmp_path, tiny_params):
     x = np.zeros((1, 1, 8, 8), np.float32)
     np.testing.assert_array_equal(apply(params, x, 5.0, None, cfg),
                                   unet.apply(tiny_params, x, 5.0, None, TINY))
+
+
+def test_dit_sweep_rows_and_table_round_trip(tmp_path, rng):
+    from minidiff import nn
+    from minidiff.datasets import mnist
+    from minidiff.models import dit
+    from minidiff.nn import checkpoint
+
+    images, labels = mnist("test")
+    clf, _ = checkpoint.load(ROOT / "data/weights/classifier_mnist.npz")
+    shapes = ((7, 16), (4, 16))
+    rows = pipeline.dit_sweep(images[:256], labels[:256], clf, shapes, steps=3, batch_size=4,
+                              n_eval=20, eval_steps=2, progress=False)
+    assert [(r["patch"], r["width"]) for r in rows] == list(shapes)
+    for r, (patch, width) in zip(rows, shapes, strict=True):
+        cfg = dit.DiTConfig(patch=patch, width=width)
+        assert r["gflops"] == dit.gflops(cfg) and r["tokens"] == cfg.tokens
+        assert r["params"] == nn.tree_size(dit.init(rng, cfg))
+        assert np.isfinite(r["fd"]) and r["fd"] > 0 and 0 <= r["agreement"] <= 1
+    assert rows[0]["fd_real"] == rows[1]["fd_real"]  # one evaluation set for every model
+    pipeline.save_sweep(tmp_path / "sweep.json", rows, steps=3)
+    back, meta = pipeline.load_sweep(tmp_path / "sweep.json")
+    assert back == rows and meta == {"steps": 3}
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a DiT sweep table"):
+        pipeline.load_sweep(tmp_path / "bad.json")

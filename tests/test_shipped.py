@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from minidiff import metrics, pipeline
-from minidiff.__main__ import evaluate_images
 from minidiff.datasets import mnist
 from minidiff.models import classifier
 from minidiff.nn import checkpoint
@@ -40,7 +39,7 @@ def test_small_seeded_sample_of_the_shipped_unet(shipped):
     labels = np.repeat(np.arange(10), 10)
     x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=20,
                         guidance=2.0, batch_size=100)
-    r = evaluate_images(x, labels, clf, np.random.default_rng(0))
+    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
     # Bounds for this exact seeded run, from its measured values (agreement 0.97, FD-MNIST 56.3
     # against a real-vs-real 38.8 at n = 100, ratio 1.45) with room for other BLAS builds; the
     # first shipped run, whose class embedding started at 0.02 scale, measured 0.44 and 2.51 and
@@ -55,7 +54,7 @@ def test_full_evaluation_of_the_shipped_unet(shipped):
     labels = np.repeat(np.arange(10), 100)
     x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=100,
                         guidance=2.0)
-    r = evaluate_images(x, labels, clf, np.random.default_rng(0))
+    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
     assert r["fd"] <= 2.5 * r["fd_real"], r
     assert r["agreement"] >= 0.97, r
     assert metrics.class_agreement(clf, x, labels) == r["agreement"]

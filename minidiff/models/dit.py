@@ -14,7 +14,8 @@ Conditioning (their sec. 3.2, fig. 3), a switch here:
 - ``"in_context"``: ``t_emb`` and ``y_emb`` are appended to the sequence as two extra tokens.
 
 Layer norms have no affine parameters (the modulation plays that role); the final layer is an
-adaptive norm plus a zero-initialised linear, so the untrained model outputs zeros.
+adaptive norm plus a zero-initialised linear, so the untrained model outputs zeros. GELU and the
+modulated layer norm are fused primitives of ``minidiff.nn`` (their VJPs are written out there).
 ``params = init(rng, config)``; ``apply(params, x, t, y, config) -> (N, C, H, W)``.
 """
 
@@ -24,7 +25,7 @@ import math
 import autograd.numpy as np
 import numpy as onp
 
-from ..nn import init_linear, linear, silu, sinusoidal_embedding
+from ..nn import gelu, init_linear, linear, modulated_layer_norm, silu, sinusoidal_embedding
 from ..nn.conv import attention
 from . import check_images, labels_or_null
 
@@ -99,16 +100,9 @@ def sincos_2d(width, grid):
 # ----------------------------------------------------------------------------- layers
 
 def layer_norm(x, eps=1e-6):
-    """Layer norm over the last axis, no affine parameters (DiT's ``elementwise_affine=False``)."""
-    inv_d = 1.0 / x.shape[-1]  # a Python float: np.mean's gradient would upcast float32
-    xc = x - np.sum(x, axis=-1, keepdims=True) * inv_d
-    var = np.sum(xc * xc, axis=-1, keepdims=True) * inv_d
-    return xc / np.sqrt(var + eps)
-
-
-def gelu(x):
-    """GELU, tanh approximation (Hendrycks & Gimpel 2016), as DiT uses; Python-float constants."""
-    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    """Layer norm over the last axis, no affine parameters (DiT's ``elementwise_affine=False``);
+    the fused ``nn.modulated_layer_norm`` with zero shift and scale."""
+    return modulated_layer_norm(x, 0.0, 0.0, eps)
 
 
 def _attend(p, x, ctx, heads):
@@ -157,8 +151,8 @@ def _block(p, x, c, cond_tokens, cfg):
     if cfg.conditioning == "adaln_zero":
         mods = np.split(linear(p["ada"], silu(c))[:, None, :], 6, axis=2)  # 6 x (N, 1, D)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
-        x = x + gate_a * _self(p["attn"], layer_norm(x) * (1.0 + scale_a) + shift_a, cfg.heads)
-        return x + gate_m * _mlp(p["mlp"], layer_norm(x) * (1.0 + scale_m) + shift_m)
+        x = x + gate_a * _self(p["attn"], modulated_layer_norm(x, shift_a, scale_a), cfg.heads)
+        return x + gate_m * _mlp(p["mlp"], modulated_layer_norm(x, shift_m, scale_m))
     x = x + _self(p["attn"], layer_norm(x), cfg.heads)
     if cfg.conditioning == "cross_attention":
         x = x + _attend(p["cross"], layer_norm(x), cond_tokens, cfg.heads)
@@ -212,7 +206,7 @@ def apply(params, x, t, y=None, config=DiTConfig()):
     if cfg.conditioning == "in_context":
         tokens = tokens[:, :cfg.tokens]
     shift, scale = np.split(linear(params["final_ada"], silu(c))[:, None, :], 2, axis=2)
-    out = linear(params["final"], layer_norm(tokens) * (1.0 + scale) + shift)  # (N, T, p*p*C)
+    out = linear(params["final"], modulated_layer_norm(tokens, shift, scale))  # (N, T, p*p*C)
     return unpatchify(out, cfg.patch, cfg.in_channels)
 
 

@@ -3,10 +3,12 @@
 from . import checkpoint
 from .layers import (
     fourier_embedding,
+    gelu,
     init_fourier,
     init_linear,
     linear,
     mean,
+    modulated_layer_norm,
     sigmoid,
     silu,
     sinusoidal_embedding,
@@ -33,6 +35,7 @@ from .tree import (
 
 __all__ = [
     "checkpoint", "fourier_embedding", "init_fourier", "init_linear", "linear", "mean", "sigmoid",
+    "gelu", "modulated_layer_norm",
     "silu", "sinusoidal_embedding", "adam_init", "adam_update", "clip_by_global_norm",
     "ema_decay", "ema_update", "global_norm", "warmup_lr", "tree_cast", "tree_dot",
     "tree_flatten", "tree_leaves", "tree_map", "tree_size", "tree_structure", "tree_unflatten",

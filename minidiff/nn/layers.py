@@ -11,7 +11,7 @@ import math
 
 import autograd.numpy as np
 import numpy as onp
-from autograd.extend import defvjp, primitive
+from autograd.extend import defvjp, defvjp_argnums, primitive
 from autograd.tracer import getval
 
 
@@ -105,3 +105,88 @@ def fourier_embedding(params, t):
     t = np.reshape(np.asarray(t, dtype=W.dtype), (-1, 1))  # (N, 1)
     angles = (2.0 * math.pi) * t * W  # (N, dim/2)
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+# ----------------------------------------------------------------------------- transformer pieces
+# Two fused primitives for chapter 9's DiT. Traced op by op, GELU is ten elementwise passes
+# forward and more backward (and autograd's tanh gradient, ``g / cosh(x)**2``, overflows to inf for
+# |x| > 44 in float32, harmlessly but loudly); a modulated layer norm is eight. Both are
+# memory-bound, so the passes are the cost.
+
+_GELU_C, _GELU_A = 0.7978845608028654, 0.044715  # sqrt(2/pi) as a Python float: no upcast
+
+
+@primitive
+def gelu(x):
+    """GELU, tanh approximation (Hendrycks & Gimpel 2016), as DiT uses:
+    ``0.5 x (1 + tanh(u))``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``. Its VJP,
+
+        gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) sqrt(2/pi) (1 + 3 * 0.044715 x²),
+
+    recomputes ``tanh u`` (one pass) instead of keeping it alive."""
+    return 0.5 * x * (1.0 + onp.tanh(_GELU_C * (x + _GELU_A * x * x * x)))
+
+
+def _gelu_vjp(ans, x):
+    def vjp(g):
+        x2 = x * x
+        th = onp.tanh(_GELU_C * x * (1.0 + _GELU_A * x2))
+        d = 0.5 * (1.0 + th) + (0.5 * _GELU_C) * x * (1.0 - th * th) * (1.0 + 3 * _GELU_A * x2)
+        return (g * d).astype(x.dtype, copy=False)
+    return vjp
+
+
+defvjp(gelu, _gelu_vjp)
+
+
+def _ln_stats(x, eps):
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    rstd = 1.0 / onp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    return xc * rstd, rstd
+
+
+@primitive
+def modulated_layer_norm(x, shift, scale, eps=1e-6):
+    """``LayerNorm(x) * (1 + scale) + shift`` over the last axis, no affine parameters of its own
+    (Ba et al. 2016; DiT's adaptive layer norm, Peebles & Xie 2023, sec. 3.2). ``x: (N, T, D)``,
+    ``shift, scale: (N, 1, D)`` broadcast over the tokens. With ``xhat = (x - mu) / sd``, the VJP:
+
+        dshift = sum_T g,   dscale = sum_T g xhat,   dxhat = g (1 + scale),
+        dx = (dxhat - mean_D(dxhat) - xhat mean_D(dxhat xhat)) / sd."""
+    xhat, _ = _ln_stats(x, eps)
+    return xhat * (1.0 + scale) + shift
+
+
+def _mln_vjp(argnums, ans, args, kwargs):
+    x, shift, scale = args[:3]
+    eps = args[3] if len(args) > 3 else kwargs.get("eps", 1e-6)
+    xhat, rstd = _ln_stats(x, eps)
+
+    def reduce_to(a, like):  # sum the broadcast axes back to ``like``'s shape
+        like = onp.asarray(like)
+        while a.ndim > like.ndim:
+            a = a.sum(axis=0)
+        axes = tuple(i for i, n in enumerate(like.shape) if n == 1 and a.shape[i] != 1)
+        return a.sum(axis=axes, keepdims=True) if axes else a
+
+    def vjp(g):
+        g = g.astype(x.dtype, copy=False)
+        out = []
+        for argnum in argnums:
+            if argnum == 0:
+                dxhat = g * (1.0 + scale)
+                out.append(rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                                   - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)))
+            elif argnum == 1:
+                out.append(reduce_to(g, shift))
+            elif argnum == 2:
+                out.append(reduce_to(g * xhat, scale))
+            else:
+                raise NotImplementedError("modulated_layer_norm is differentiable in x, shift "
+                                          "and scale only")
+        return tuple(out)
+    return vjp
+
+
+defvjp_argnums(modulated_layer_norm, _mln_vjp)
