@@ -134,15 +134,14 @@ def cmd_train(args):
     return 0
 
 
-def demo_chapter6(out, fast, seed=0):
-    """Samples of the shipped U-Net, a grid in out/, and their scores."""
+def _demo_shipped(weights, name, fast, seed):
+    """Sample a shipped image model (guidance 2), print its scores; returns the samples."""
     from . import metrics, pipeline
     from .nn import checkpoint
     from .nn.memory import keep_freed_memory
 
     keep_freed_memory()
-    print("Chapter 6 — the U-Net on MNIST (shipped weights)")
-    apply, params, cfg, meta = pipeline.load_model("data/weights/unet_mnist.npz")
+    apply, params, cfg, meta = pipeline.load_model(weights)
     clf, _ = checkpoint.load("data/weights/classifier_mnist.npz")
     per_class, steps = (2, 10) if fast else (10, 50)
     labels = np.repeat(np.arange(10), per_class)
@@ -151,18 +150,43 @@ def demo_chapter6(out, fast, seed=0):
                         guidance=2.0)
     seconds = time.perf_counter() - t0
     r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(seed))
-    print(f"  {len(labels)} samples, {steps} DDIM steps, guidance 2, in {seconds:.0f} s: "
+    print(f"  {name}: {len(labels)} samples, {steps} DDIM steps, guidance 2, in {seconds:.0f} s: "
           f"class agreement {100 * r['agreement']:.0f}%, FD-MNIST {r['fd']:.1f} "
           f"(real-vs-real at this n: {r['fd_real']:.1f})")
     for k in sorted(meta):
         if k.startswith("eval_"):
             print(f"  stored full evaluation, {k[5:]}: {meta[k]}")
-    fig, axes = plt.subplots(per_class, 10, figsize=(10, per_class))
-    grid = x.reshape(10, per_class, 28, 28).transpose(1, 0, 2, 3).reshape(-1, 28, 28)
-    for ax, img in zip(np.atleast_2d(axes).ravel(), grid, strict=True):
-        ax.imshow(img, cmap="gray", vmin=-1, vmax=1)
-        ax.axis("off")
+    return x.reshape(10, per_class, 28, 28).transpose(1, 0, 2, 3).reshape(-1, 28, 28)
+
+
+def _grid(ax, images, per_row=10):
+    rows = len(images) // per_row
+    ax.imshow(images.reshape(rows, per_row, 28, 28).transpose(0, 2, 1, 3).reshape(rows * 28, -1),
+              cmap="gray", vmin=-1, vmax=1)
+    ax.axis("off")
+
+
+def demo_chapter6(out, fast, seed=0):
+    """Samples of the shipped U-Net, a grid in out/ (one class per column), and their scores."""
+    print("Chapter 6 — the U-Net on MNIST (shipped weights)")
+    x = _demo_shipped("data/weights/unet_mnist.npz", "U-Net", fast, seed)
+    fig, ax = plt.subplots(figsize=(5, 0.5 * len(x) / 10 + 0.3))
+    _grid(ax, x)
     plot.save(fig, out / "06_unet_samples.png")
+    return x
+
+
+def demo_chapter9(out, fast, seed=0, unet_samples=None):
+    """Samples of the shipped DiT beside the U-Net's (same labels and noise), and their scores."""
+    print("Chapter 9 — the DiT on MNIST (shipped weights)")
+    x = _demo_shipped("data/weights/dit_mnist.npz", "DiT", fast, seed)
+    panels = [("DiT (patch 4)", x)] + ([("U-Net", unet_samples)] if unet_samples is not None
+                                       else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.5 * len(x) / 10 + 0.5))
+    for ax, (title, imgs) in zip(np.atleast_1d(axes), panels, strict=True):
+        _grid(ax, imgs)
+        ax.set_title(title)
+    plot.save(fig, out / "09_dit_samples.png")
 
 
 def cmd_train_classifier(args):
@@ -196,7 +220,15 @@ def cmd_sweep(args):
     keep_freed_memory()
     images, labels = mnist("train")
     clf, _ = checkpoint.load(args.classifier)
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    shapes = []
+    for spec in args.shapes:  # PATCHxWIDTH[:conditioning]
+        size, _, conditioning = spec.partition(":")
+        try:
+            patch, width = (int(v) for v in size.split("x"))
+        except ValueError:
+            raise SystemExit(f"--shapes: expected PATCHxWIDTH[:conditioning] such as 4x128 or "
+                             f"4x64:in_context (got {spec!r})") from None
+        shapes.append((patch, width, conditioning or "adaln_zero"))
     t0 = time.perf_counter()
     rows = pipeline.dit_sweep(images, labels, clf, shapes, steps=args.steps,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -208,10 +240,11 @@ def cmd_sweep(args):
                         commit=commit, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         seed=args.seed, n_eval=args.n, eval_steps=args.sample_steps,
                         guidance=args.guidance, seconds=round(time.perf_counter() - t0, 1))
-    print(f"{'patch':>5} {'width':>5} {'params':>8} {'Gflops':>7} {'train s':>8} {'FD':>7} "
-          f"{'real':>6} {'agree':>6}")
+    print(f"{'patch':>5} {'width':>5} {'conditioning':>15} {'params':>8} {'Gflops':>7} "
+          f"{'train s':>8} {'FD':>7} {'real':>6} {'agree':>6}")
     for r in rows:
-        print(f"{r['patch']:5d} {r['width']:5d} {r['params']:8d} {r['gflops']:7.4f} "
+        print(f"{r['patch']:5d} {r['width']:5d} {r['conditioning']:>15} {r['params']:8d} "
+              f"{r['gflops']:7.4f} "
               f"{r['train_seconds']:8.0f} {r['fd']:7.1f} {r['fd_real']:6.1f} "
               f"{100 * r['agreement']:5.0f}%")
     print(f"-> {args.out}")
@@ -281,8 +314,9 @@ def main(argv=None):
     tr.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     sw = sub.add_parser("sweep", help="the DiT scaling sweep: FD-MNIST against Gflops")
     sw.add_argument("--shapes", nargs="+", default=["7x64", "7x128", "4x64", "4x128", "2x64",
-                                                    "2x128"], help="PATCHxWIDTH for each model")
-    sw.add_argument("--steps", type=int, default=1000)
+                                                    "4x64:cross_attention", "4x64:in_context"],
+                    help="PATCHxWIDTH[:conditioning] for each model")
+    sw.add_argument("--steps", type=int, default=1500)
     sw.add_argument("--batch-size", type=int, default=32)
     sw.add_argument("--lr", type=float, default=1e-3)
     sw.add_argument("--seed", type=int, default=0)
@@ -321,7 +355,8 @@ def main(argv=None):
         fast = args.fast or os.environ.get("MINIDIFF_FAST") == "1"
         t0 = time.perf_counter()
         demo_chapter1(out, fast, args.seed)
-        demo_chapter6(out, fast, args.seed)
+        unet_samples = demo_chapter6(out, fast, args.seed)
+        demo_chapter9(out, fast, args.seed, unet_samples)
         print(f"figures in {out}/ ; demo took {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -143,14 +143,18 @@ def load_model(path):
 
 # ----------------------------------------------------------------------------- DiT scaling sweep
 
-SWEEP_SHAPES = ((7, 64), (7, 128), (4, 64), (4, 128), (2, 64), (2, 128))  # (patch, width)
+# (patch, width): 3.5 to 58 forward Mflops per image. (2, 128), 194 Mflops, costs as much to
+# train as the other five together on 2 cores; add it with ``--shapes`` when there is time.
+SWEEP_SHAPES = ((7, 64), (7, 128), (4, 64), (4, 128), (2, 64))
+ABLATION_SHAPES = ((4, 64, "cross_attention"), (4, 64, "in_context"))  # beside (4, 64) adaLN-zero
 
 
-def dit_sweep(images, labels, classifier_params, shapes=SWEEP_SHAPES, *, steps=1000,
-              batch_size=32, lr=1e-3, seed=0, depth=4, heads=4, n_eval=200, eval_steps=50,
-              guidance=2.0, progress=True):
+def dit_sweep(images, labels, classifier_params, shapes=SWEEP_SHAPES + ABLATION_SHAPES, *,
+              steps=1500, batch_size=32, lr=1e-3, seed=0, depth=4, heads=4, n_eval=200,
+              eval_steps=50, guidance=2.0, progress=True):
     """The DiT paper's scaling experiment in miniature (Peebles & Xie 2023, figs. 2 and 8): train
-    one DiT per ``(patch, width)`` for the same ``steps``, sample ``n_eval`` images (equal per
+    one DiT per ``(patch, width)`` or ``(patch, width, conditioning)`` (the paper's fig. 5
+    ablation; adaLN-zero if not given) for the same ``steps``, sample ``n_eval`` images (equal per
     class; DDIM, ``eval_steps`` steps, guidance ``guidance``) from each EMA, and score them.
 
     Returns one row per model: its shape, parameter count, forward Gflops (``dit.gflops``),
@@ -161,19 +165,22 @@ def dit_sweep(images, labels, classifier_params, shapes=SWEEP_SHAPES, *, steps=1
 
     rows = []
     eval_labels = onp.repeat(onp.arange(10), n_eval // 10)
-    for patch, width in shapes:
-        cfg = dit.DiTConfig(patch=patch, width=width, depth=depth, heads=heads)
+    for shape in shapes:
+        patch, width, conditioning = (tuple(shape) + ("adaln_zero",))[:3]
+        cfg = dit.DiTConfig(patch=patch, width=width, depth=depth, heads=heads,
+                            conditioning=conditioning)
         params = dit.init(onp.random.default_rng(seed), cfg)
         t0 = time.perf_counter()
         state, losses = train_mnist(dit, cfg, train.init_state(params, seed), images, labels,
                                     steps, batch_size=batch_size, lr=lr, progress=progress,
-                                    desc=f"DiT patch {patch} width {width}")
+                                    desc=f"DiT {patch}x{width} {conditioning}")
         seconds = time.perf_counter() - t0
         x = sample(dit.apply, state.ema, cfg, eval_labels, onp.random.default_rng(seed),
                    steps=eval_steps, guidance=guidance)
         r = metrics.evaluate_samples(x, eval_labels, classifier_params,
                                      onp.random.default_rng(seed))
         rows.append({"patch": patch, "width": width, "depth": depth, "heads": heads,
+                     "conditioning": conditioning,
                      "tokens": cfg.tokens, "params": nn.tree_size(params),
                      "gflops": dit.gflops(cfg), "train_seconds": round(seconds, 1),
                      "final_loss": float(onp.mean(losses[-100:])), "fd": r["fd"],

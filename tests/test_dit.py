@@ -103,3 +103,43 @@ def test_bad_configurations_are_named():
         dit.DiTConfig(width=100, heads=3)
     with pytest.raises(ValueError, match="`conditioning` must be one of"):
         dit.DiTConfig(conditioning="film")
+
+
+# Peebles & Xie 2023, table 4: forward Gflops of the twelve ImageNet-256 DiTs (latent 32x32x4;
+# S, B, L, XL = width 384, 768, 1024, 1152, depth 12, 12, 24, 28, heads 6, 12, 16, 16).
+PAPER_GFLOPS = {("S", 8): 0.36, ("S", 4): 1.41, ("S", 2): 6.06, ("B", 8): 1.42, ("B", 4): 5.56,
+                ("B", 2): 23.01, ("L", 8): 5.01, ("L", 4): 19.70, ("L", 2): 80.71,
+                ("XL", 8): 7.39, ("XL", 4): 29.05, ("XL", 2): 118.64}
+SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
+
+
+def _imagenet_dit(size, patch, **kw):
+    width, depth, heads = SIZES[size]
+    return dit.DiTConfig(in_channels=4, resolution=32, patch=patch, width=width, depth=depth,
+                         heads=heads, num_classes=1000, **kw)
+
+
+@pytest.mark.parametrize("size,patch", sorted(PAPER_GFLOPS))
+def test_gflops_formula_reproduces_the_dit_paper_table(size, patch):
+    # The paper's models also output a learned variance (2C output channels: T D p² C more
+    # multiply-adds in the final layer, 0.02 Gflops for XL/2); the rest is the same count.
+    cfg = _imagenet_dit(size, patch)
+    learned_sigma = cfg.tokens * cfg.width * patch**2 * cfg.in_channels / 1e9
+    assert dit.gflops(cfg) + learned_sigma == pytest.approx(PAPER_GFLOPS[size, patch], rel=0.01,
+                                                            abs=0.006)  # table rounding
+
+
+def test_halving_the_patch_quadruples_tokens_and_about_quadruples_gflops():
+    big, small = _imagenet_dit("XL", 4), _imagenet_dit("XL", 2)
+    assert small.tokens == 4 * big.tokens
+    ratio = dit.gflops(small) / dit.gflops(big)
+    # 4x on every per-token layer; attention scores (T² D) grow 16x, so a little more than 4
+    assert 4.0 < ratio < 4.2, ratio
+
+
+def test_conditioning_costs_as_the_paper_states():
+    # sec. 3.2: cross-attention adds "roughly 15%" Gflops; in-context adds two tokens (negligible)
+    base = dit.gflops(_imagenet_dit("XL", 2))
+    cross = dit.gflops(_imagenet_dit("XL", 2, conditioning="cross_attention"))
+    context = dit.gflops(_imagenet_dit("XL", 2, conditioning="in_context"))
+    assert 1.10 < cross / base < 1.20 and 1.0 < context / base < 1.01

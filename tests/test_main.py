@@ -15,8 +15,9 @@ def test_demo_runs_fast_and_reports_what_it_measured(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "weight of the heavy mode" in printed and "relative score error" in printed
     assert {p.name for p in tmp_path.iterdir()} >= {"01_langevin_weights.png", "01_ncsn_gmm8.png",
-                                                    "06_unet_samples.png"}
-    assert "class agreement" in printed
+                                                    "06_unet_samples.png",
+                                                    "09_dit_samples.png"}
+    assert "U-Net: 20 samples" in printed and "DiT: 20 samples" in printed
 
 
 def code_lines(path):

@@ -81,12 +81,13 @@ def test_dit_sweep_rows_and_table_round_trip(tmp_path, rng):
 
     images, labels = mnist("test")
     clf, _ = checkpoint.load(ROOT / "data/weights/classifier_mnist.npz")
-    shapes = ((7, 16), (4, 16))
+    shapes = ((7, 16), (4, 16, "in_context"))
     rows = pipeline.dit_sweep(images[:256], labels[:256], clf, shapes, steps=3, batch_size=4,
                               n_eval=20, eval_steps=2, progress=False)
-    assert [(r["patch"], r["width"]) for r in rows] == list(shapes)
-    for r, (patch, width) in zip(rows, shapes, strict=True):
-        cfg = dit.DiTConfig(patch=patch, width=width)
+    assert [(r["patch"], r["width"], r["conditioning"]) for r in rows] == \
+        [(7, 16, "adaln_zero"), (4, 16, "in_context")]
+    for r in rows:
+        cfg = dit.DiTConfig(patch=r["patch"], width=r["width"], conditioning=r["conditioning"])
         assert r["gflops"] == dit.gflops(cfg) and r["tokens"] == cfg.tokens
         assert r["params"] == nn.tree_size(dit.init(rng, cfg))
         assert np.isfinite(r["fd"]) and r["fd"] > 0 and 0 <= r["agreement"] <= 1
