@@ -25,7 +25,7 @@ import numpy as onp
 from autograd import elementwise_grad, grad
 
 from .nn import mean
-from .targets import per_sample
+from .targets import per_sample, score_from_eps
 
 
 def explicit_score_matching(score, x):
@@ -67,7 +67,7 @@ def denoising_score_matching(score, x0, sigma, eps, weight=None):
     """
     sig = per_sample(sigma, x0, "sigma", positive=True)
     x_noisy = x0 + sig * eps
-    resid = score(x_noisy, sigma) + eps / sig
+    resid = score(x_noisy, sigma) - score_from_eps(eps, sigma)  # the kernel score, -eps/sigma
     per_point = np.sum(np.reshape(resid**2, (resid.shape[0], -1)), axis=1)  # (N,)
     lam = sigma**2 if weight is None else weight
     return 0.5 * mean(lam * per_point)

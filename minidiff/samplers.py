@@ -19,7 +19,7 @@ import math
 
 import numpy as onp
 
-from .targets import convert
+from .targets import convert, eps_from_x0
 
 
 def denoiser_from_path(predict, kind, path):
@@ -60,8 +60,9 @@ def _check(sigmas):
 
 
 def _d(denoiser, x, sigma):
-    """The ODE's slope ``dx/dsigma = (x - D(x, sigma)) / sigma``."""
-    return (x - denoiser(x, sigma)) / sigma
+    """The ODE's slope ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, eq. (3)
+    with ``s = 1``): the noise the denoiser implies, ``targets.eps_from_x0`` with alpha = 1."""
+    return eps_from_x0(denoiser(x, sigma), x, 1.0, sigma)
 
 
 def euler(denoiser, x, sigmas):
