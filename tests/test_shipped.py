@@ -74,10 +74,11 @@ def test_small_seeded_sample_of_the_shipped_dit(shipped_dit):
     x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=20,
                         guidance=2.0, batch_size=100)
     r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
-    # Bounds for this exact seeded run, from its measured values (DIT_QUICK below) with room
-    # for other BLAS builds.
-    assert r["agreement"] >= DIT_QUICK_AGREEMENT, r
-    assert r["fd"] / r["fd_real"] < DIT_QUICK_RATIO, r
+    # Bounds for this exact seeded run, from its measured values (agreement 0.92, FD-MNIST 56.0
+    # against 38.8 at n = 100, ratio 1.44) with room for other BLAS builds; the same DiT after
+    # 600 steps measured agreement 0.1 and FD 377 and fails both.
+    assert r["agreement"] >= 0.85, r
+    assert r["fd"] / r["fd_real"] < 2.0, r
 
 
 @pytest.mark.slow
