@@ -116,7 +116,8 @@ def cmd_train(args):
     t0 = time.perf_counter()
     state, losses = pipeline.train_mnist(arch, cfg, state, images, labels, args.steps,
                                          batch_size=args.batch_size, lr=args.lr,
-                                         warmup=args.warmup, checkpoint_path=ckpt,
+                                         warmup=args.warmup, weighting=args.weighting,
+                                         checkpoint_path=ckpt,
                                          checkpoint_every=args.checkpoint_every,
                                          desc=f"{args.model} on MNIST")
     seconds = elapsed + time.perf_counter() - t0
@@ -221,14 +222,15 @@ def cmd_sweep(args):
     images, labels = mnist("train")
     clf, _ = checkpoint.load(args.classifier)
     shapes = []
-    for spec in args.shapes:  # PATCHxWIDTH[:conditioning]
-        size, _, conditioning = spec.partition(":")
+    for spec in args.shapes:  # PATCHxWIDTH[:conditioning[:weighting]]
+        size, *rest = spec.split(":")
         try:
             patch, width = (int(v) for v in size.split("x"))
         except ValueError:
-            raise SystemExit(f"--shapes: expected PATCHxWIDTH[:conditioning] such as 4x128 or "
-                             f"4x64:in_context (got {spec!r})") from None
-        shapes.append((patch, width, conditioning or "adaln_zero"))
+            raise SystemExit("--shapes: expected PATCHxWIDTH[:conditioning[:weighting]] such as "
+                             f"4x128, 4x64:in_context or 4x64:adaln_zero:min_snr (got {spec!r})"
+                             ) from None
+        shapes.append((patch, width, *rest))
     t0 = time.perf_counter()
     rows = pipeline.dit_sweep(images, labels, clf, shapes, steps=args.steps,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -240,10 +242,11 @@ def cmd_sweep(args):
                         commit=commit, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         seed=args.seed, n_eval=args.n, eval_steps=args.sample_steps,
                         guidance=args.guidance, seconds=round(time.perf_counter() - t0, 1))
-    print(f"{'patch':>5} {'width':>5} {'conditioning':>15} {'params':>8} {'Gflops':>7} "
-          f"{'train s':>8} {'FD':>7} {'real':>6} {'agree':>6}")
+    print(f"{'patch':>5} {'width':>5} {'conditioning':>15} {'weighting':>9} {'params':>8} "
+          f"{'Gflops':>7} {'train s':>8} {'FD':>7} {'real':>6} {'agree':>6}")
     for r in rows:
-        print(f"{r['patch']:5d} {r['width']:5d} {r['conditioning']:>15} {r['params']:8d} "
+        print(f"{r['patch']:5d} {r['width']:5d} {r['conditioning']:>15} {r['weighting']:>9} "
+              f"{r['params']:8d} "
               f"{r['gflops']:7.4f} "
               f"{r['train_seconds']:8.0f} {r['fd']:7.1f} {r['fd_real']:6.1f} "
               f"{100 * r['agreement']:5.0f}%")
@@ -298,6 +301,8 @@ def main(argv=None):
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--warmup", type=int, default=200)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--weighting", choices=["min_snr"], default=None,
+                    help="loss weighting (default: L_simple, every step weighted 1)")
     tr.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
     tr.add_argument("--num-res-blocks", type=int, default=1)
     tr.add_argument("--resblock-updown", action="store_true")
@@ -314,8 +319,9 @@ def main(argv=None):
     tr.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     sw = sub.add_parser("sweep", help="the DiT scaling sweep: FD-MNIST against Gflops")
     sw.add_argument("--shapes", nargs="+", default=["7x64", "7x128", "4x64", "4x128", "2x64",
-                                                    "4x64:cross_attention", "4x64:in_context"],
-                    help="PATCHxWIDTH[:conditioning] for each model")
+                                                    "4x64:cross_attention", "4x64:in_context",
+                                                    "4x64:adaln_zero:min_snr"],
+                    help="PATCHxWIDTH[:conditioning[:weighting]] for each model")
     sw.add_argument("--steps", type=int, default=1500)
     sw.add_argument("--batch-size", type=int, default=32)
     sw.add_argument("--lr", type=float, default=1e-3)

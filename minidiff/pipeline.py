@@ -31,23 +31,43 @@ def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1
     return batch_fn
 
 
-def eps_loss(apply, config):
+def eps_loss(apply, config, weighting=None, gamma=5.0, sched=None):
     """``L_simple`` (Ho et al. 2020, eq. (14)) for a class-conditional network
-    ``apply(params, x_t, i, y, config)``, averaged over pixels and the batch."""
+    ``apply(params, x_t, i, y, config)``, averaged over pixels and the batch.
+
+    ``weighting="min_snr"`` weights each image's error by Min-SNR-gamma in the eps frame,
+    ``min(SNR_i, gamma) / SNR_i`` (Hang et al. 2023, eq. (9); ``targets.min_snr_weight``), with
+    ``SNR_i = alpha_bar_i / (1 - alpha_bar_i)`` of ``sched`` (default: the linear schedule)."""
+    if weighting not in (None, "min_snr"):
+        raise ValueError(f"`weighting` must be None or 'min_snr' (got {weighting!r})")
+    weights = None
+    if weighting == "min_snr":
+        from .targets import min_snr_weight
+
+        sched = sched or ddpm.schedule("linear")
+        ab = sched.alpha_bar
+        weights = min_snr_weight("eps", onp.sqrt(ab), onp.sqrt(1.0 - ab), gamma).astype(
+            onp.float32)  # (T,)
+
     def loss(params, batch):
         pred = apply(params, batch["xt"], batch["i"].astype(onp.float32), batch["y"], config)
-        return mean((pred - batch["eps"]) ** 2)
+        if weights is None:
+            return mean((pred - batch["eps"]) ** 2)
+        per_image = mean((pred - batch["eps"]) ** 2, axis=(1, 2, 3))  # (N,)
+        return mean(per_image * weights[batch["i"]])
     return loss
 
 
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
-                warmup=200, checkpoint_path=None, checkpoint_every=100, progress=True,
-                desc="train"):
+                warmup=200, weighting=None, checkpoint_path=None, checkpoint_every=100,
+                progress=True, desc="train"):
     """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
-    ``L_simple`` on the linear schedule, label dropout, Adam with ``warmup`` steps to ``lr``,
-    gradient norm clipped at 1, EMA 0.999 (warmed up). Returns ``(state, losses)``."""
+    ``L_simple`` on the linear schedule (``weighting="min_snr"``: Min-SNR-5), label dropout, Adam
+    with ``warmup`` steps to ``lr``, gradient norm clipped at 1, EMA 0.999 (warmed up). Returns
+    ``(state, losses)``."""
     batch_fn = mnist_batches(ddpm.schedule("linear"), images, labels, batch_size)
-    return train.fit(eps_loss(arch.apply, config), state, batch_fn, steps, lr=lr, warmup=warmup,
+    loss = eps_loss(arch.apply, config, weighting)
+    return train.fit(loss, state, batch_fn, steps, lr=lr, warmup=warmup,
                      clip=1.0, ema=0.999, checkpoint_path=checkpoint_path,
                      checkpoint_every=checkpoint_every, progress=progress, desc=desc)
 
@@ -146,16 +166,19 @@ def load_model(path):
 # (patch, width): 3.5 to 58 forward Mflops per image. (2, 128), 194 Mflops, costs as much to
 # train as the other five together on 2 cores; add it with ``--shapes`` when there is time.
 SWEEP_SHAPES = ((7, 64), (7, 128), (4, 64), (4, 128), (2, 64))
-ABLATION_SHAPES = ((4, 64, "cross_attention"), (4, 64, "in_context"))  # beside (4, 64) adaLN-zero
+# beside (4, 64) with adaLN-zero and L_simple: the conditioning ablation and Min-SNR-5 weighting
+ABLATION_SHAPES = ((4, 64, "cross_attention"), (4, 64, "in_context"),
+                   (4, 64, "adaln_zero", "min_snr"))
 
 
 def dit_sweep(images, labels, classifier_params, shapes=SWEEP_SHAPES + ABLATION_SHAPES, *,
               steps=1500, batch_size=32, lr=1e-3, seed=0, depth=4, heads=4, n_eval=200,
               eval_steps=50, guidance=2.0, progress=True):
     """The DiT paper's scaling experiment in miniature (Peebles & Xie 2023, figs. 2 and 8): train
-    one DiT per ``(patch, width)`` or ``(patch, width, conditioning)`` (the paper's fig. 5
-    ablation; adaLN-zero if not given) for the same ``steps``, sample ``n_eval`` images (equal per
-    class; DDIM, ``eval_steps`` steps, guidance ``guidance``) from each EMA, and score them.
+    one DiT per ``(patch, width[, conditioning[, weighting]])`` (conditioning: the paper's fig. 5
+    ablation, adaLN-zero if not given; weighting: ``train_mnist``'s) for the same ``steps``,
+    sample ``n_eval`` images (equal per class; DDIM, ``eval_steps`` steps, guidance
+    ``guidance``) from each EMA, and score them.
 
     Returns one row per model: its shape, parameter count, forward Gflops (``dit.gflops``),
     training seconds, final loss, FD-MNIST, the real-vs-real baseline at ``n_eval`` and the class
@@ -166,13 +189,15 @@ def dit_sweep(images, labels, classifier_params, shapes=SWEEP_SHAPES + ABLATION_
     rows = []
     eval_labels = onp.repeat(onp.arange(10), n_eval // 10)
     for shape in shapes:
-        patch, width, conditioning = (tuple(shape) + ("adaln_zero",))[:3]
+        patch, width, conditioning, weighting = (tuple(shape) + ("adaln_zero", None)[
+            len(shape) - 2:])
         cfg = dit.DiTConfig(patch=patch, width=width, depth=depth, heads=heads,
                             conditioning=conditioning)
         params = dit.init(onp.random.default_rng(seed), cfg)
         t0 = time.perf_counter()
         state, losses = train_mnist(dit, cfg, train.init_state(params, seed), images, labels,
-                                    steps, batch_size=batch_size, lr=lr, progress=progress,
+                                    steps, batch_size=batch_size, lr=lr, weighting=weighting,
+                                    progress=progress,
                                     desc=f"DiT {patch}x{width} {conditioning}")
         seconds = time.perf_counter() - t0
         x = sample(dit.apply, state.ema, cfg, eval_labels, onp.random.default_rng(seed),
@@ -180,7 +205,7 @@ def dit_sweep(images, labels, classifier_params, shapes=SWEEP_SHAPES + ABLATION_
         r = metrics.evaluate_samples(x, eval_labels, classifier_params,
                                      onp.random.default_rng(seed))
         rows.append({"patch": patch, "width": width, "depth": depth, "heads": heads,
-                     "conditioning": conditioning,
+                     "conditioning": conditioning, "weighting": weighting or "none",
                      "tokens": cfg.tokens, "params": nn.tree_size(params),
                      "gflops": dit.gflops(cfg), "train_seconds": round(seconds, 1),
                      "final_loss": float(onp.mean(losses[-100:])), "fd": r["fd"],

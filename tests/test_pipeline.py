@@ -81,11 +81,11 @@ def test_dit_sweep_rows_and_table_round_trip(tmp_path, rng):
 
     images, labels = mnist("test")
     clf, _ = checkpoint.load(ROOT / "data/weights/classifier_mnist.npz")
-    shapes = ((7, 16), (4, 16, "in_context"))
+    shapes = ((7, 16), (4, 16, "in_context", "min_snr"))
     rows = pipeline.dit_sweep(images[:256], labels[:256], clf, shapes, steps=3, batch_size=4,
                               n_eval=20, eval_steps=2, progress=False)
-    assert [(r["patch"], r["width"], r["conditioning"]) for r in rows] == \
-        [(7, 16, "adaln_zero"), (4, 16, "in_context")]
+    assert [(r["patch"], r["width"], r["conditioning"], r["weighting"]) for r in rows] == \
+        [(7, 16, "adaln_zero", "none"), (4, 16, "in_context", "min_snr")]
     for r in rows:
         cfg = dit.DiTConfig(patch=r["patch"], width=r["width"], conditioning=r["conditioning"])
         assert r["gflops"] == dit.gflops(cfg) and r["tokens"] == cfg.tokens
@@ -98,3 +98,23 @@ def test_dit_sweep_rows_and_table_round_trip(tmp_path, rng):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a DiT sweep table"):
         pipeline.load_sweep(tmp_path / "bad.json")
+
+
+def test_min_snr_weighted_eps_loss(rng):
+    # Min-SNR-5 in the eps frame weights image i by min(SNR, 5) / SNR (Hang et al. 2023); with
+    # gamma = inf every weight is 1 and the loss is L_simple again.
+    sched = ddpm.schedule("linear")
+    def net(params, x, t, y, cfg):
+        return params * x
+    batch = {"xt": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+             "eps": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+             "i": np.array([0, 10, 500, 999]), "y": np.zeros(4, int)}
+    plain = pipeline.eps_loss(net, None)(0.5, batch)
+    assert pipeline.eps_loss(net, None, "min_snr", gamma=np.inf)(0.5, batch) == \
+        pytest.approx(plain, rel=1e-6)
+    per_image = ((0.5 * batch["xt"] - batch["eps"]) ** 2).mean(axis=(1, 2, 3))
+    snr = sched.snr[batch["i"]]
+    expected = np.mean(per_image * np.minimum(snr, 5.0) / snr)
+    assert pipeline.eps_loss(net, None, "min_snr")(0.5, batch) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="`weighting`"):
+        pipeline.eps_loss(net, None, "snr")
