@@ -74,10 +74,10 @@ def test_small_seeded_sample_of_the_shipped_dit(shipped_dit):
     x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=20,
                         guidance=2.0, batch_size=100)
     r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
-    # Bounds for this exact seeded run, from its measured values (agreement 0.92, FD-MNIST 56.0
-    # against 38.8 at n = 100, ratio 1.44) with room for other BLAS builds; the same DiT after
-    # 600 steps measured agreement 0.1 and FD 377 and fails both.
-    assert r["agreement"] >= 0.85, r
+    # Bounds for this exact seeded run, from its measured values (agreement 0.97, FD-MNIST 52.5
+    # against 38.8 at n = 100, ratio 1.35) with room for other BLAS builds; the same DiT trained
+    # without Min-SNR weighting measured 0.92 and 1.44, and after 600 steps 0.1 and 9.7.
+    assert r["agreement"] >= 0.9, r
     assert r["fd"] / r["fd_real"] < 2.0, r
 
 
