@@ -123,16 +123,42 @@ def gelu(x):
 
         gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) sqrt(2/pi) (1 + 3 * 0.044715 x²),
 
-    recomputes ``tanh u`` (one pass) instead of keeping it alive."""
-    return 0.5 * x * (1.0 + onp.tanh(_GELU_C * (x + _GELU_A * x * x * x)))
+    recomputes ``tanh u`` (one pass) instead of keeping it alive. Both directions work in place
+    on one or two buffers: at a DiT's (6272, 512) activations that halves the time of the
+    straightforward expression (NumPy makes a new array for every operator)."""
+    u = x * x
+    u *= _GELU_A
+    u += 1.0
+    u *= x
+    u *= _GELU_C  # u = sqrt(2/pi) (x + 0.044715 x^3)
+    onp.tanh(u, out=u)
+    u += 1.0
+    u *= x
+    u *= 0.5
+    return u
 
 
 def _gelu_vjp(ans, x):
     def vjp(g):
+        g = g.astype(x.dtype, copy=False)
         x2 = x * x
-        th = onp.tanh(_GELU_C * x * (1.0 + _GELU_A * x2))
-        d = 0.5 * (1.0 + th) + (0.5 * _GELU_C) * x * (1.0 - th * th) * (1.0 + 3 * _GELU_A * x2)
-        return (g * d).astype(x.dtype, copy=False)
+        th = x2 * _GELU_A
+        th += 1.0
+        th *= x
+        th *= _GELU_C
+        onp.tanh(th, out=th)  # tanh u
+        d = th * th
+        onp.subtract(1.0, d, out=d)  # 1 - tanh² u
+        x2 *= 3 * _GELU_A
+        x2 += 1.0  # 1 + 3 * 0.044715 x²
+        d *= x2
+        d *= x
+        d *= 0.5 * _GELU_C
+        th += 1.0
+        th *= 0.5
+        d += th
+        d *= g
+        return d
     return vjp
 
 
