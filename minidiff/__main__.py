@@ -157,22 +157,15 @@ def _demo_shipped(weights, name, fast, seed):
     for k in sorted(meta):
         if k.startswith("eval_"):
             print(f"  stored full evaluation, {k[5:]}: {meta[k]}")
-    return x.reshape(10, per_class, 28, 28).transpose(1, 0, 2, 3).reshape(-1, 28, 28)
-
-
-def _grid(ax, images, per_row=10):
-    rows = len(images) // per_row
-    ax.imshow(images.reshape(rows, per_row, 28, 28).transpose(0, 2, 1, 3).reshape(rows * 28, -1),
-              cmap="gray", vmin=-1, vmax=1)
-    ax.axis("off")
+    return x, per_class
 
 
 def demo_chapter6(out, fast, seed=0):
     """Samples of the shipped U-Net, a grid in out/ (one class per column), and their scores."""
     print("Chapter 6 — the U-Net on MNIST (shipped weights)")
-    x = _demo_shipped("data/weights/unet_mnist.npz", "U-Net", fast, seed)
-    fig, ax = plt.subplots(figsize=(5, 0.5 * len(x) / 10 + 0.3))
-    _grid(ax, x)
+    x, per_class = _demo_shipped("data/weights/unet_mnist.npz", "U-Net", fast, seed)
+    fig, ax = plt.subplots(figsize=(5, 0.5 * per_class + 0.3))
+    plot.digits(ax, x, per_class)
     plot.save(fig, out / "06_unet_samples.png")
     return x
 
@@ -180,13 +173,12 @@ def demo_chapter6(out, fast, seed=0):
 def demo_chapter9(out, fast, seed=0, unet_samples=None):
     """Samples of the shipped DiT beside the U-Net's (same labels and noise), and their scores."""
     print("Chapter 9 — the DiT on MNIST (shipped weights)")
-    x = _demo_shipped("data/weights/dit_mnist.npz", "DiT", fast, seed)
+    x, per_class = _demo_shipped("data/weights/dit_mnist.npz", "DiT", fast, seed)
     panels = [("DiT (patch 4)", x)] + ([("U-Net", unet_samples)] if unet_samples is not None
                                        else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.5 * len(x) / 10 + 0.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.5 * per_class + 0.5))
     for ax, (title, imgs) in zip(np.atleast_1d(axes), panels, strict=True):
-        _grid(ax, imgs)
-        ax.set_title(title)
+        plot.digits(ax, imgs, per_class, title)
     plot.save(fig, out / "09_dit_samples.png")
 
 

@@ -1,4 +1,5 @@
-"""The figures the notebooks and the demo share: densities, score fields and samples in 2D."""
+"""The figures the notebooks and the demo share: densities, score fields and samples in 2D, and
+grids of generated digits."""
 
 import matplotlib.pyplot as plt
 import numpy as onp
@@ -58,6 +59,18 @@ def _square(ax, lim):
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def digits(ax, images, per_class, title=None):
+    """Class-ordered samples ``(10 * per_class, [1,] H, W)`` in ``[-1, 1]`` as one image with one
+    class per column (``per_class`` rows), as the samplers return them."""
+    imgs = onp.asarray(images).reshape(10, per_class, *onp.shape(images)[-2:])
+    h, w = imgs.shape[-2:]
+    ax.imshow(imgs.transpose(1, 2, 0, 3).reshape(per_class * h, 10 * w), cmap="gray",
+              vmin=-1, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
 
 
 def save(fig, path, dpi=80):

@@ -45,7 +45,7 @@ import numpy as np
 from autograd.test_util import check_grads
 from scipy.signal import correlate
 
-from minidiff import metrics, nn, pipeline
+from minidiff import metrics, nn, pipeline, plot
 from minidiff.datasets import mnist
 from minidiff.models import classifier, unet
 from minidiff.nn import checkpoint, conv
@@ -134,11 +134,8 @@ t0 = time.perf_counter()
 guided = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(1), steps=steps,
                          guidance=2.0)
 print(f"{len(labels)} samples, {steps} DDIM steps, guidance 2: {time.perf_counter() - t0:.0f} s")
-fig, axes = plt.subplots(n_per_class, 10, figsize=(10, n_per_class))  # column = class
-for ax, img in zip(np.atleast_2d(axes).ravel(), guided.reshape(10, n_per_class, 28, 28)
-                   .transpose(1, 0, 2, 3).reshape(-1, 28, 28)):
-    ax.imshow(img, cmap="gray", vmin=-1, vmax=1)
-    ax.axis("off")
+fig, ax = plt.subplots(figsize=(10, n_per_class))
+plot.digits(ax, guided, n_per_class)  # one class per column
 plt.show()
 
 # %% [markdown]

@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from autograd.test_util import check_grads
 
-from minidiff import ddpm, metrics, nn, pipeline
+from minidiff import ddpm, metrics, nn, pipeline, plot
 from minidiff.datasets import mnist
 from minidiff.models import dit
 from minidiff.nn import checkpoint
@@ -230,19 +230,13 @@ guided = pipeline.sample(apply, params, cfg, sample_labels, np.random.default_rn
                          steps=steps, guidance=2.0)
 print(f"{len(sample_labels)} samples, {steps} DDIM steps, guidance 2: "
       f"{time.perf_counter() - t0:.1f} s")
-fig, axes = plt.subplots(n_per_class, 10, figsize=(10, n_per_class))  # column = class
-for ax, img in zip(np.atleast_2d(axes).ravel(), guided.reshape(10, n_per_class, 28, 28)
-                   .transpose(1, 0, 2, 3).reshape(-1, 28, 28)):
-    ax.imshow(img, cmap="gray", vmin=-1, vmax=1)
-    ax.axis("off")
+fig, ax = plt.subplots(figsize=(10, n_per_class))
+plot.digits(ax, guided, n_per_class)  # one class per column
 plt.show()
 clf, _ = checkpoint.load("../data/weights/classifier_mnist.npz")
 r = metrics.evaluate_samples(guided, sample_labels, clf, np.random.default_rng(2))
 print(f"n = {r['n']} (FD is biased upwards at small n): FD-MNIST {r['fd']:.1f}, real-vs-real "
       f"{r['fd_real']:.1f}; class agreement {100 * r['agreement']:.0f}%")
-for k in sorted(meta):
-    if k.startswith("eval_"):
-        print(f"stored full evaluation, {k[5:]}: {meta[k]}")
 
 # %% [markdown]
 # The full protocol (1,000 samples, 100 per class, 100 DDIM steps, guidance 2) runs in

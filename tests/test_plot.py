@@ -28,3 +28,17 @@ def test_figures_draw_and_save(tmp_path, rng):
     np.testing.assert_allclose(np.hypot(u, v), 0.8 * 6.0 / 5)
     plot.save(fig, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_digit_grid_puts_one_class_per_column(rng):
+    per_class = 3
+    images = rng.uniform(-1, 1, (10 * per_class, 1, 4, 5))  # class-ordered, as sampled
+    fig, ax = plt.subplots()
+    plot.digits(ax, images, per_class, title="t")
+    shown = np.asarray(ax.images[0].get_array())
+    assert shown.shape == (per_class * 4, 10 * 5)
+    for c in range(10):
+        for r in range(per_class):  # row r of column c is the r-th sample of class c
+            np.testing.assert_array_equal(shown[4 * r:4 * r + 4, 5 * c:5 * c + 5],
+                                          images[c * per_class + r, 0])
+    plt.close(fig)

@@ -36,12 +36,18 @@ def test_shipped_classifier_is_accurate(shipped):
     assert abs(acc - meta["test_accuracy"]) < 1e-9  # the stored number is this one
 
 
+def _scored_sample(model, clf, per_class, steps):
+    """Guided (w = 2) DDIM samples of a shipped model, seed 0, and their scores."""
+    apply, params, cfg, _ = model
+    labels = np.repeat(np.arange(10), per_class)
+    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=steps,
+                        guidance=2.0, batch_size=100 if per_class == 10 else 200)
+    return x, labels, metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
+
+
 def test_small_seeded_sample_of_the_shipped_unet(shipped):
-    (apply, params, cfg, _), (clf, _) = shipped
-    labels = np.repeat(np.arange(10), 10)
-    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=20,
-                        guidance=2.0, batch_size=100)
-    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
+    model, (clf, _) = shipped
+    _, _, r = _scored_sample(model, clf, per_class=10, steps=20)
     # Bounds for this exact seeded run, from its measured values (agreement 0.97, FD-MNIST 56.3
     # against a real-vs-real 38.8 at n = 100, ratio 1.45) with room for other BLAS builds; the
     # first shipped run, whose class embedding started at 0.02 scale, measured 0.44 and 2.51 and
@@ -52,11 +58,8 @@ def test_small_seeded_sample_of_the_shipped_unet(shipped):
 
 @pytest.mark.slow
 def test_full_evaluation_of_the_shipped_unet(shipped):
-    (apply, params, cfg, _), (clf, _) = shipped
-    labels = np.repeat(np.arange(10), 100)
-    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=100,
-                        guidance=2.0)
-    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
+    model, (clf, _) = shipped
+    x, labels, r = _scored_sample(model, clf, per_class=100, steps=100)
     assert r["fd"] <= 2.5 * r["fd_real"], r
     assert r["agreement"] >= 0.97, r
     assert metrics.class_agreement(clf, x, labels) == r["agreement"]
@@ -68,12 +71,9 @@ def shipped_dit(shipped):
 
 
 def test_small_seeded_sample_of_the_shipped_dit(shipped_dit):
-    (apply, params, cfg, meta), (clf, _) = shipped_dit
-    assert meta["model"] == "dit" and meta["train_seconds_this_run"] <= 30 * 60
-    labels = np.repeat(np.arange(10), 10)
-    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=20,
-                        guidance=2.0, batch_size=100)
-    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
+    model, (clf, _) = shipped_dit
+    assert model[3]["model"] == "dit" and model[3]["train_seconds_this_run"] <= 30 * 60
+    _, _, r = _scored_sample(model, clf, per_class=10, steps=20)
     # Bounds for this exact seeded run, from its measured values (agreement 0.97, FD-MNIST 52.5
     # against 38.8 at n = 100, ratio 1.35) with room for other BLAS builds; the same DiT trained
     # without Min-SNR weighting measured 0.92 and 1.44, and after 600 steps 0.1 and 9.7.
@@ -83,10 +83,9 @@ def test_small_seeded_sample_of_the_shipped_dit(shipped_dit):
 
 @pytest.mark.slow
 def test_full_evaluation_of_the_shipped_dit(shipped_dit):
-    (apply, params, cfg, _), (clf, _) = shipped_dit
-    labels = np.repeat(np.arange(10), 100)
-    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(0), steps=100,
-                        guidance=2.0)
-    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(0))
+    model, (clf, _) = shipped_dit
+    _, _, r = _scored_sample(model, clf, per_class=100, steps=100)
+    # Measured 2026-11-26: FD-MNIST 19.19 against 4.73 (ratio 4.06: the 3x target is missed),
+    # class agreement 0.969 (target met).
     assert r["fd"] <= 3.0 * r["fd_real"], r
     assert r["agreement"] >= 0.95, r
