@@ -307,12 +307,15 @@ for ax, key, label in ((axes[0], "final_loss", "training loss (last 100 steps)")
         for g, v, p in pts:
             ax.annotate(f"/{p}", (1e3 * g, v), textcoords="offset points", xytext=(4, 4),
                         fontsize=8)
-    for q in rows:
-        if q["conditioning"] != "adaln_zero":
+    for q in rows:  # the ablations (Min-SNR's loss is another objective: FD panel only)
+        if q["conditioning"] != "adaln_zero" or (q["weighting"] != "none" and key == "fd"):
+            name = q["conditioning"] if q["conditioning"] != "adaln_zero" else q["weighting"]
             ax.scatter(1e3 * q["gflops"], q[key], marker="x", color="k")
-            ax.annotate(q["conditioning"], (1e3 * q["gflops"], q[key]), fontsize=7,
+            ax.annotate(name, (1e3 * q["gflops"], q[key]), fontsize=7,
                         textcoords="offset points", xytext=(4, -8))
     ax.set(xscale="log", xlabel="forward Mflops per image", ylabel=label)
+    ax.set_xticks([3, 10, 30, 60], labels=["3", "10", "30", "60"])
+    ax.minorticks_off()
 axes[1].axhline(rows[0]["fd_real"], color="gray", ls=":", label="real vs real")
 axes[1].legend(fontsize=8)
 fig.suptitle(f"DiTs after {smeta['steps']} steps of batch {smeta['batch_size']}", fontsize=10)
