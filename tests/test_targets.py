@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minidiff import datasets, targets
@@ -15,9 +15,9 @@ derivative = st.floats(min_value=-10.0, max_value=10.0)
 @given(alpha=positive, sigma=positive, dalpha=derivative, dsigma=derivative,
        seed=st.integers(0, 2**32 - 1))
 def test_every_conversion_round_trips(alpha, sigma, dalpha, dsigma, seed):
-    det = alpha * dsigma - sigma * dalpha
-    if abs(det) < 1e-2 * (alpha + sigma):  # the velocity does not determine eps there
-        dsigma += 1.0
+    # Where alpha * dsigma - sigma * dalpha vanishes the velocity does not determine eps
+    # (targets.eps_from_velocity raises there; tested below); keep to well-posed paths.
+    assume(abs(alpha * dsigma - sigma * dalpha) > 1e-2 * (alpha + sigma))
     rng = np.random.default_rng(seed)
     x0, eps = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
     xt = alpha * x0 + sigma * eps
