@@ -91,3 +91,36 @@ def test_conv2d_rejects_mismatched_shapes():
         conv.conv2d(np.zeros((1, 3, 5, 5)), np.zeros((4, 2, 3, 3)))
     with pytest.raises(ValueError, match="conv2d expects"):
         conv.conv2d(np.zeros((3, 5, 5)), np.zeros((4, 3, 3, 3)))
+    with pytest.raises(ValueError, match="one bias per output channel"):
+        conv.conv2d(np.zeros((1, 3, 5, 5)), np.zeros((4, 3, 3, 3)), np.zeros(3))
+
+
+def test_blocked_and_chunked_paths_agree_with_the_whole_computation(rng, monkeypatch):
+    # The stride-1 conv runs block by block of output rows and GroupNorm a few samples at a
+    # time (cache blocking); with blocks of 7 rows and one sample per chunk every boundary case
+    # is hit (blocks that straddle images, a short last block), and the values and gradients
+    # must not change.
+    x, w, b = rng.normal(size=(3, 4, 6, 5)), rng.normal(size=(2, 4, 3, 3)), rng.normal(size=2)
+    a, s = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    whole = conv.conv2d(x, w, b, 1, 1), conv.group_norm_act(x, a, s, 2, 1e-5, True)
+    monkeypatch.setattr(conv, "_ROW_BLOCK", 7)
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)
+    np.testing.assert_allclose(conv.conv2d(x, w, b, 1, 1), whole[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.group_norm_act(x, a, s, 2, 1e-5, True), whole[1],
+                               rtol=1e-12, atol=1e-12)
+    check_grads(lambda x, w, b: conv.conv2d(x, w, b, 1, 1), modes=["rev"], order=1)(x, w, b)
+    check_grads(lambda x, a, s: conv.group_norm_act(x, a, s, 2, 1e-5, True), modes=["rev"],
+                order=1)(x, a, s)
+
+
+def test_memory_layout_changes_no_value(rng):
+    # Conv outputs live channels-last in memory behind an (N, C, H, W) view, and GroupNorm hands
+    # channels-last data on; either layout in must give the same numbers out.
+    x = rng.normal(size=(2, 4, 5, 5))
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    w, a, s = rng.normal(size=(3, 4, 3, 3)), rng.normal(size=(2, 4)), rng.normal(size=(2, 4))
+    out = conv.conv2d(x, w, padding=1)
+    assert out.strides[1] == out.itemsize  # channels are adjacent in memory
+    np.testing.assert_array_equal(conv.conv2d(x_last, w, padding=1), out)
+    np.testing.assert_array_equal(conv.group_norm_act(x_last, a, s, 2),
+                                  conv.group_norm_act(x, a, s, 2))
