@@ -27,14 +27,16 @@ def test_conv2d_gradients(stride, padding, rng):
                 order=1)(x, w, b)
 
 
-def test_conv_transpose2d_is_the_adjoint_of_conv2d(rng):
-    # <conv(x), y> = <x, conv_transpose(y)> for the same kernel (stride 2, no padding).
-    x, w = rng.normal(size=(2, 3, 8, 8)), rng.normal(size=(4, 3, 2, 2))
-    y = rng.normal(size=(2, 4, 4, 4))
-    lhs = np.sum(conv.conv2d(x, w, stride=2) * y)
-    rhs = np.sum(x * conv.conv_transpose2d(y, w, stride=2))
+@pytest.mark.parametrize("stride,k", [(2, 2), (1, 3)])
+def test_conv_transpose2d_is_the_adjoint_of_conv2d(stride, k, rng):
+    # <conv(x), y> = <x, conv_transpose(y)> for the same kernel (no padding).
+    x, w = rng.normal(size=(2, 3, 8, 8)), rng.normal(size=(4, 3, k, k))
+    y = rng.normal(size=(2, 4, (8 - k) // stride + 1, (8 - k) // stride + 1))
+    lhs = np.sum(conv.conv2d(x, w, stride=stride) * y)
+    rhs = np.sum(x * conv.conv_transpose2d(y, w, stride=stride))
     np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
-    check_grads(lambda y, w: conv.conv_transpose2d(y, w, stride=2), modes=["rev"], order=1)(y, w)
+    check_grads(lambda y, w: conv.conv_transpose2d(y, w, stride=stride), modes=["rev"],
+                order=1)(y, w)
 
 
 def test_resampling_values_and_gradients(rng):
