@@ -65,8 +65,6 @@ def _im2col(x, kh, kw, stride, padding=(0, 0)):
     ph, pw = padding
     ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
     xh = _pad_nhwc(x, padding) if ph or pw else onp.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    if kh == kw == 1 and stride == 1:
-        return xh.reshape(n * ho * wo, c), (n, ho, wo)
     cols = onp.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
