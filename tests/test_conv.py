@@ -8,9 +8,14 @@ from scipy.signal import correlate
 
 from minidiff.nn import conv
 
+# Stride 1 stores the padding once between rows and images (conv._shifted_layout); the cases
+# cover the usual "same" convolution, padding wider than half the kernel (1x1 with padding 1,
+# 3x3 with padding 3: the output is taller than the shared grid row), even and 5x5 kernels.
+CASES = [(1, 0, 3), (1, 1, 3), (2, 1, 3), (2, 0, 3), (1, 0, 1), (2, 1, 4), (1, 1, 1), (1, 1, 2),
+         (1, 2, 3), (1, 3, 3), (1, 2, 5)]
 
-@pytest.mark.parametrize("stride,padding,k", [(1, 0, 3), (1, 1, 3), (2, 1, 3), (2, 0, 3),
-                                              (1, 0, 1), (2, 1, 4)])
+
+@pytest.mark.parametrize("stride,padding,k", CASES)
 def test_conv2d_equals_scipy_correlate(stride, padding, k, rng):
     x, w, b = rng.normal(size=(2, 3, 9, 8)), rng.normal(size=(4, 3, k, k)), rng.normal(size=4)
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
@@ -20,9 +25,9 @@ def test_conv2d_equals_scipy_correlate(stride, padding, k, rng):
     np.testing.assert_allclose(conv.conv2d(x, w, b, stride, padding), ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (2, 0), (1, 0)])
-def test_conv2d_gradients(stride, padding, rng):
-    x, w, b = rng.normal(size=(2, 3, 7, 6)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
+@pytest.mark.parametrize("stride,padding,k", CASES)
+def test_conv2d_gradients(stride, padding, k, rng):
+    x, w, b = rng.normal(size=(2, 3, 7, 6)), rng.normal(size=(4, 3, k, k)), rng.normal(size=4)
     check_grads(lambda x, w, b: conv.conv2d(x, w, b, stride, padding), modes=["rev"],
                 order=1)(x, w, b)
 
