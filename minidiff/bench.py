@@ -1,13 +1,16 @@
 """``make bench``: speed and memory of a training step, as ratios within one run.
 
-    python -m minidiff.bench [--model unet dit] [--batch 64 128] [--repeats 5]
+    python -m minidiff.bench [--model unet dit] [--batch 64 128] [--repeats 8]
 
 Times one training step (forward, backward, Adam) of the default U-Net (chapter 6) and the default
 DiT (chapter 9) in float32 at each batch size, reports samples per second and the peak resident
-memory (each configuration runs in its own subprocess, so peaks do not mix), and — where PyTorch
-is installed (``pip install torch==2.13.0`` into .venv; never a dependency of minidiff) — times
-the identical architecture in PyTorch in the same run and prints the ratio. Timings are medians
-of ``--repeats`` steps after two warm-up steps.
+memory, and — where PyTorch is installed (``pip install torch==2.13.0`` into .venv; never a
+dependency of minidiff) — times the identical architecture in PyTorch in the same run and prints
+the ratio. Each framework runs in its own subprocess (so peaks do not mix), and the two take
+turns, one step each, ``--repeats`` times after two warm-up steps: on a shared machine whose speed
+drifts by tens of percent from one minute to the next, steps timed side by side see the same
+machine, where two back-to-back runs may not. The ratio is that of the median step times; the
+range of the paired ratios (one step each, side by side) shows how much the machine moved.
 Targets on a 2-core machine: U-Net ratio <= 2.0 and peak memory <= 1.0 GB at batch 64 (chapter 6);
 DiT ratio <= 1.6 (chapter 9).
 """
@@ -18,10 +21,11 @@ import subprocess
 import sys
 import time
 
+PAUSE = 0.3  # seconds between turns: idle BLAS / OpenMP threads of the other process stop spinning
 
-def _numpy_step(model, batch, repeats):
-    import resource
 
+def _numpy_stepper(model, batch):
+    """``(step, info)``: one training step of the numpy model, and its size."""
     import autograd
     import numpy as np
 
@@ -40,22 +44,16 @@ def _numpy_step(model, batch, repeats):
     t = rng.integers(0, 1000, batch).astype(np.float32)
     y = rng.integers(0, 11, batch)
     grad = autograd.grad(lambda p: nn.mean((arch.apply(p, x, t, y, cfg) - eps) ** 2))
-    times = []
-    for k in range(repeats + 2):
-        t0 = time.perf_counter()
-        g = grad(params)
-        params, opt = nn.adam_update(g, opt, params, 1e-4)
-        if k >= 2:
-            times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KB -> GB
-    return {"seconds": float(np.median(times)), "peak_gb": peak,
-            "params": nn.tree_size(params)}
+    state = {"params": params, "opt": opt}
+
+    def step():
+        g = grad(state["params"])
+        state["params"], state["opt"] = nn.adam_update(g, state["opt"], state["params"], 1e-4)
+    return step, {"params": nn.tree_size(params)}
 
 
-def _torch_step(model, batch, repeats):
-    import resource
-
-    import numpy as np
+def _torch_stepper(model, batch):
+    """``(step, info)``: one training step of the PyTorch twin, its size and thread count."""
     import torch
 
     from minidiff.bench_torch import TorchDiT, TorchUNet
@@ -67,44 +65,128 @@ def _torch_step(model, batch, repeats):
     eps = torch.randn_like(x)
     t = torch.randint(0, 1000, (batch,)).float()
     y = torch.randint(0, 11, (batch,))
-    times = []
-    for k in range(repeats + 2):
-        t0 = time.perf_counter()
+
+    def step():
         opt.zero_grad(set_to_none=True)
         loss = ((model(x, t, y) - eps) ** 2).mean()
         loss.backward()
         opt.step()
+    return step, {"params": sum(p.numel() for p in model.parameters()),
+                  "threads": torch.get_num_threads()}
+
+
+def _peak_gb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KB -> GB
+
+
+def _numpy_step(model, batch, repeats):
+    """The numpy step alone, in this process: median seconds over ``repeats`` after two warm-up
+    steps, the peak memory so far, the parameter count."""
+    step, info = _numpy_stepper(model, batch)
+    times = []
+    for k in range(repeats + 2):
+        t0 = time.perf_counter()
+        step()
         if k >= 2:
             times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    return {"seconds": float(np.median(times)), "peak_gb": peak,
-            "params": sum(p.numel() for p in model.parameters()),
-            "threads": torch.get_num_threads()}
+    return {"seconds": sorted(times)[len(times) // 2], "peak_gb": _peak_gb(), **info}
 
 
-def _child(which, model, batch, repeats):
-    result = (_numpy_step if which == "numpy" else _torch_step)(model, batch, repeats)
-    print(json.dumps(result))
+def _serve(which, model, batch):
+    """A child process: builds the model, then for each line ``k`` on stdin runs ``k`` steps and
+    prints their times as one JSON line; at the end of stdin, prints its size and peak memory."""
+    step, info = (_numpy_stepper if which == "numpy" else _torch_stepper)(model, batch)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        print(json.dumps(times), flush=True)
+    print(json.dumps({**info, "peak_gb": _peak_gb()}), flush=True)
 
 
-def _run(which, model, batch, repeats):
-    out = subprocess.run([sys.executable, "-m", "minidiff.bench", "--child", which,
-                          "--model", model, "--batch", str(batch), "--repeats", str(repeats)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return None, out.stderr.strip().splitlines()[-1] if out.stderr else "failed"
-    return json.loads(out.stdout.strip().splitlines()[-1]), None
+class _Child:
+    """One framework's step server (``_serve``) in a subprocess."""
+
+    def __init__(self, which, model, batch):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "minidiff.bench", "--child", which, "--model", model,
+             "--batch", str(batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        self.error = None
+        self._read()
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().strip().splitlines()
+            self.error = err[-1] if err else "failed"
+            return None
+        return json.loads(line)
+
+    def steps(self, k):
+        if self.error:
+            return None
+        self.proc.stdin.write(f"{k}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.error:
+            return None
+        self.proc.stdin.close()
+        info = self._read()
+        self.proc.wait()
+        return info
+
+
+def _median(v):
+    v = sorted(v)
+    return 0.5 * (v[(len(v) - 1) // 2] + v[len(v) // 2])
+
+
+def _compare(model, batch, repeats, have_torch):
+    """Warm-up, then ``repeats`` turns of one numpy step and one PyTorch step; one report line."""
+    kids = {"numpy": _Child("numpy", model, batch)}
+    if have_torch:
+        kids["torch"] = _Child("torch", model, batch)
+    times = {k: [] for k in kids}
+    for turn in range(repeats + 2):
+        for name, kid in kids.items():
+            got = kid.steps(1)
+            if got is not None and turn >= 2:
+                times[name] += got
+            time.sleep(PAUSE)
+    info = {name: kid.close() for name, kid in kids.items()}
+    if info["numpy"] is None:
+        return f"batch {batch}: numpy run failed: {kids['numpy'].error}"
+    sec = _median(times["numpy"])
+    line = (f"batch {batch:4d}: minidiff {sec:.3f} s/step ({batch / sec:.0f} samples/s), peak "
+            f"{info['numpy']['peak_gb']:.2f} GB, {info['numpy']['params'] / 1e6:.2f}M params")
+    if have_torch and info["torch"] is None:
+        line += f" | PyTorch failed: {kids['torch'].error}"
+    elif have_torch:
+        tsec = _median(times["torch"])
+        paired = sorted(a / b for a, b in zip(times["numpy"], times["torch"], strict=True))
+        line += (f" | PyTorch {tsec:.3f} s/step, peak {info['torch']['peak_gb']:.2f} GB "
+                 f"({info['torch']['threads']} threads) | ratio {sec / tsec:.2f} "
+                 f"(paired steps {paired[0]:.2f}-{paired[-1]:.2f})")
+    return line
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", nargs="+", choices=["unet", "dit"], default=["unet", "dit"])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--child", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child, args.model[0], args.batch[0], args.repeats)
+        _serve(args.child, args.model[0], args.batch[0])
         return 0
     try:
         import torch  # noqa: F401
@@ -114,23 +196,8 @@ def main(argv=None):
     for model, batch in [(m, b) for m in args.model for b in args.batch]:
         if batch == args.batch[0]:
             print(f"{'U-Net' if model == 'unet' else 'DiT'} training step (forward + backward + "
-                  "Adam), float32, default configuration")
-        res, err = _run("numpy", model, batch, args.repeats)
-        if res is None:
-            print(f"batch {batch}: numpy run failed: {err}")
-            continue
-        line = (f"batch {batch:4d}: minidiff {res['seconds']:.3f} s/step "
-                f"({batch / res['seconds']:.0f} samples/s), peak {res['peak_gb']:.2f} GB, "
-                f"{res['params'] / 1e6:.2f}M params")
-        if have_torch:
-            tres, terr = _run("torch", model, batch, args.repeats)
-            if tres is not None:
-                line += (f" | PyTorch {tres['seconds']:.3f} s/step, peak {tres['peak_gb']:.2f} GB"
-                         f" ({tres['threads']} threads) | ratio "
-                         f"{res['seconds'] / tres['seconds']:.2f}")
-            else:
-                line += f" | PyTorch failed: {terr}"
-        print(line)
+                  "Adam), float32, default configuration", flush=True)
+        print(_compare(model, batch, args.repeats, have_torch), flush=True)
     if not have_torch:
         print("(PyTorch not installed: `.venv/bin/pip install torch==2.13.0` adds the comparison)")
     return 0
