@@ -67,15 +67,21 @@ plt.rcParams["figure.dpi"] = 64
 # flipped in space). Below: the forward against SciPy, and the VJPs against finite differences.
 #
 # The copy costs as much as the product: im2col writes every input value nine times. At stride 1
-# there is a way around it. Lay the zero-padded input out channels-last and flatten it to rows
-# $X \in \mathbb{R}^{N H_p W_p \times C}$; output pixel $(i, j)$ of image $n$ then sits at row
-# $r = (n H_p + i) W_p + j$ of an output on the same padded grid, and kernel tap $(d_i, d_j)$
-# reads input row $r + d_i W_p + d_j$. So
-# $$Y[r] = \sum_{d_i, d_j} X[r + d_i W_p + d_j]\, W_{d_i d_j}, \qquad W_{d_i d_j} \in
+# there is a way around it. Lay the input out channels-last on a grid of $H_q = H + 1$ rows of
+# $W_q = W + 1$ pixels per image, the pixels top-left and zeros in the last row and column: the
+# zero column that closes one grid row is also the left padding of the next, and the zero row
+# that closes one image the top padding of the next, so the padding is stored once. Flatten the
+# grid to rows, put $W_q + 1$ zero rows in front (the top-left padding of the first image) and
+# as many behind, and call it $X$. Output pixel $(i, j)$ of image $n$ then sits at row
+# $r = (n H_q + i) W_q + j$ of an output on the same grid, and kernel tap $(d_i, d_j)$ reads
+# input row $r + d_i W_q + d_j$. So
+# $$Y[r] = \sum_{d_i, d_j} X[r + d_i W_q + d_j]\, W_{d_i d_j}, \qquad W_{d_i d_j} \in
 # \mathbb{R}^{C \times O},$$
-# nine GEMMs on *shifted contiguous slices* of one array, with no copy at all; the rows that fall
-# on padding are computed and thrown away. `conv2d` does exactly this at stride 1 (and im2col at
-# stride 2). The second cell checks the identity by hand against the primitive.
+# nine GEMMs on *shifted contiguous slices* of one array, with no copy at all; the grid rows that
+# are not pixels are computed and thrown away ($(H+1)(W+1)$ rows per image: 841 for 784 pixels at
+# 28 x 28, 64 for 49 at 7 x 7; padding each image separately would cost $(H+2)(W+2)$, 900 and
+# 81). `conv2d` does exactly this at stride 1 (and im2col at stride 2). The second cell checks
+# the identity by hand against the primitive.
 
 # %%
 x = rng.normal(size=(2, 3, 9, 8))
@@ -91,14 +97,17 @@ print("check_grads passed for the input and weight gradients")
 # %%
 # The shifted-GEMM identity, written out: nine products of shifted row-slices, summed.
 n_, c_, h_, w_ = x.shape
-hp, wp = h_ + 2, w_ + 2
-rows = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, c_)
-span = rows.shape[0] - (2 * wp + 2)  # the last row any output pixel needs
-y = np.zeros((rows.shape[0], w.shape[0]))
+hq, wq = h_ + 1, w_ + 1
+grid = np.zeros((n_, hq, wq, c_))
+grid[:, :h_, :w_] = x.transpose(0, 2, 3, 1)  # pixels top-left, one zero row and column
+pad = np.zeros((wq + 1, c_))
+rows = np.concatenate([pad, grid.reshape(-1, c_), pad])
+y = np.zeros((n_ * hq * wq, w.shape[0]))  # the output on the same grid
 for di in range(3):
     for dj in range(3):
-        y[:span] += rows[di * wp + dj:di * wp + dj + span] @ w[:, :, di, dj].T
-by_hand = y.reshape(n_, hp, wp, -1)[:, :h_, :w_].transpose(0, 3, 1, 2)  # crop the padded grid
+        off = di * wq + dj
+        y += rows[off:off + len(y)] @ w[:, :, di, dj].T
+by_hand = y.reshape(n_, hq, wq, -1)[:, :h_, :w_].transpose(0, 3, 1, 2)  # crop the grid
 shift_err = np.abs(by_hand - conv.conv2d(x, w, padding=1)).max()
 print(f"max |nine shifted GEMMs - conv2d(stride 1)| = {shift_err:.1e}")
 
@@ -217,15 +226,22 @@ print("autograd grad of np.mean:", autograd.grad(lambda v: anp.mean(v * v))(x32)
 #    the process; a U-Net step went from 4.4 s to 2.5 s. It is a process-wide choice, so minidiff
 #    makes it in its entry points (`nn.memory.keep_freed_memory()`: the command line, the
 #    benchmark, this notebook, the test suite), never on `import minidiff`.
-# 3. **No im2col at stride 1** (section 1): nine GEMMs on shifted slices of the padded
-#    channels-last input, run block by block of output rows so each block stays in cache; the
-#    input gradient is the same GEMMs run backwards, the weight gradient one GEMM per tap. Output
-#    and gradients stay channels-last in memory behind $(N, C, H, W)$ views. Against the first
-#    version (im2col by `kh * kw` strided slice copies, itself 8x faster than copying a 6-D
-#    `sliding_window_view`), a batch-64 step went from 1.8 s to 1.2 s, and the peak memory from
-#    0.82 GB to 0.47 GB (no column matrix at all). Only NumPy's `matmul`: SciPy's BLAS `gemm`
-#    can accumulate in place, but NumPy and SciPy ship separate OpenBLAS builds, and their idle
-#    threads spinning against each other on two cores made the step twice as slow.
+# 3. **No im2col at stride 1** (section 1): nine GEMMs on shifted slices of the channels-last
+#    input grid, run block by block of output rows so each block stays in cache; the input
+#    gradient is the same blocked GEMMs on the output gradient's rows with the offsets reversed,
+#    the weight gradient one GEMM per tap. Output and gradients stay channels-last in memory
+#    behind $(N, C, H, W)$ views. Against the first version (im2col by `kh * kw` strided slice
+#    copies, itself 8x faster than copying a 6-D `sliding_window_view`), a batch-64 step went
+#    from 1.8 s to 1.2 s, and the peak memory from 0.82 GB to 0.44 GB (no column matrix at all).
+#    Padding every image on its own grid first cost 25% extra GEMM work (29.6 GFLOP per forward
+#    pass for 23.7 of real convolution); storing the padding once between rows and images cuts
+#    it to 12% (26.6), and with the input gradient as blocked gathers instead of whole-array
+#    scatter-adds, the convolutions' time per step went from 1.18 s to 0.88 s. Only NumPy's
+#    `matmul`: SciPy's BLAS `gemm` can accumulate in place, but NumPy and SciPy ship separate
+#    OpenBLAS builds, and their idle threads spinning against each other on two cores made the
+#    step twice as slow. Things that did not help, measured: blocking the weight gradient's
+#    GEMMs by rows, one wide GEMM against all nine taps at once (then nine shifted additions),
+#    and OpenBLAS's AVX2 kernels instead of its AVX-512 ones.
 # 4. **GroupNorm + AdaGN scale/shift + SiLU as one primitive**, with per-channel coefficients
 #    folded ($a = \gamma(1+s)$, $b = \beta(1+s) + t$) and one backward for all inputs. It works
 #    channels-last (per-channel sums by `einsum` over contiguous rows, then per group: a NumPy

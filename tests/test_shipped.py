@@ -47,8 +47,9 @@ def _scored_sample(model, clf, per_class, steps):
 
 # Quick-protocol bounds (100 images, 20 DDIM steps, guidance 2, seed 0), from the measured values
 # of these exact seeded runs with room for other BLAS builds:
-# - U-Net: agreement 0.97, FD-MNIST 56.3 against a real-vs-real 38.8 at n = 100 (ratio 1.45); the
-#   first shipped run, whose class embedding started at 0.02 scale, measured 0.44 and 2.51.
+# - U-Net: agreement 0.98, FD-MNIST 56.3 against a real-vs-real 38.8 at n = 100 (ratio 1.45;
+#   unguided 0.86 and 1.70); the first shipped run, whose class embedding started at 0.02 scale,
+#   measured 0.44 and 2.51.
 # - DiT: agreement 0.97, FD-MNIST 52.5 against 38.8 (ratio 1.35); the same DiT trained without
 #   Min-SNR weighting measured 0.92 and 1.44, and after 600 steps 0.1 and 9.7.
 # Both bounds, agreement >= 0.9 and ratio < 2.0, fail the weaker runs named here.
