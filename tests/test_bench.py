@@ -45,3 +45,12 @@ def test_torch_dit_twin_computes_the_same_function():
         theirs = twin(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
     # float32 through four blocks: agreement to a few ulps of the output scale
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
+
+
+def test_interleaved_comparison_runs_its_step_servers():
+    # The numpy step server in its own process answers turn by turn and reports its size and
+    # peak memory; a broken protocol or child would print "failed" instead of this line.
+    line = bench._compare("dit", batch=2, repeats=1, have_torch=False)
+    assert line.startswith("batch    2: minidiff"), line
+    n_params = nn.tree_size(dit.init(np.random.default_rng(0), dit.DiTConfig()))
+    assert f"{n_params / 1e6:.2f}M params" in line, line
