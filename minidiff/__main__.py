@@ -116,7 +116,8 @@ def cmd_train(args):
     t0 = time.perf_counter()
     state, losses = pipeline.train_mnist(arch, cfg, state, images, labels, args.steps,
                                          batch_size=args.batch_size, lr=args.lr,
-                                         warmup=args.warmup, weighting=args.weighting,
+                                         warmup=args.warmup, cooldown=args.cooldown,
+                                         weighting=args.weighting, workers=args.workers,
                                          checkpoint_path=ckpt,
                                          checkpoint_every=args.checkpoint_every,
                                          desc=f"{args.model} on MNIST")
@@ -127,7 +128,8 @@ def cmd_train(args):
                             text=True).stdout.strip() or None
     pipeline.save_model(args.out, state.ema, cfg, kind=args.model, seed=args.seed, commit=commit,
                         steps=state.step,
-                        batch_size=args.batch_size, lr=args.lr, command=command,
+                        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                        cooldown=args.cooldown, workers=args.workers, command=command,
                         train_seconds_this_run=round(seconds, 1),
                         final_loss=float(losses[-100:].mean()) if len(losses) else None)
     print(f"saved the EMA weights to {args.out} after {state.step} steps "
@@ -292,6 +294,11 @@ def main(argv=None):
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--warmup", type=int, default=200)
+    tr.add_argument("--cooldown", type=int, default=0,
+                    help="steps at the end over which the LR falls linearly to zero (default 0)")
+    tr.add_argument("--workers", type=int, default=1,
+                    help="processes sharing each batch, one BLAS thread each (default 1; "
+                         "2 on a 2-core machine is 1.4-2x faster)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--weighting", choices=["min_snr"], default=None,
                     help="loss weighting (default: L_simple, every step weighted 1)")

@@ -7,6 +7,8 @@ network predicts the noise (``L_simple``), labels are dropped to the null class 
 samples come from DDIM with classifier-free guidance, ``eps_u + w (eps_c - eps_u)``.
 """
 
+import functools
+import importlib
 import json
 import time
 
@@ -59,17 +61,32 @@ def eps_loss(apply, config, weighting=None, gamma=5.0, sched=None):
 
 
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
-                warmup=200, weighting=None, checkpoint_path=None, checkpoint_every=100,
-                progress=True, desc="train"):
+                warmup=200, cooldown=0, weighting=None, workers=1, checkpoint_path=None,
+                checkpoint_every=100, progress=True, desc="train"):
     """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
     ``L_simple`` on the linear schedule (``weighting="min_snr"``: Min-SNR-5), label dropout, Adam
-    with ``warmup`` steps to ``lr``, gradient norm clipped at 1, EMA 0.999 (warmed up). Returns
+    with ``warmup`` steps to ``lr`` (and, with ``cooldown``, a linear fall to zero over the last
+    ``cooldown`` steps), gradient norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1``
+    splits each batch over that many processes (``parallel.DataParallel``). Returns
     ``(state, losses)``."""
     batch_fn = mnist_batches(ddpm.schedule("linear"), images, labels, batch_size)
     loss = eps_loss(arch.apply, config, weighting)
-    return train.fit(loss, state, batch_fn, steps, lr=lr, warmup=warmup,
-                     clip=1.0, ema=0.999, checkpoint_path=checkpoint_path,
-                     checkpoint_every=checkpoint_every, progress=progress, desc=desc)
+    kwargs = dict(lr=lr, warmup=warmup, cooldown=cooldown, clip=1.0, ema=0.999,
+                  checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                  progress=progress, desc=desc)
+    if workers == 1:
+        return train.fit(loss, state, batch_fn, steps, **kwargs)
+    from .parallel import DataParallel
+
+    factory = functools.partial(image_loss, arch.__name__, config, weighting)
+    with DataParallel(factory, state.params, workers) as value_and_grad:
+        return train.fit(loss, state, batch_fn, steps, value_and_grad=value_and_grad, **kwargs)
+
+
+def image_loss(arch_name, config, weighting=None):
+    """``eps_loss`` for the model module named ``arch_name`` (e.g. ``"minidiff.models.unet"``):
+    a picklable way to build the loss inside ``DataParallel``'s worker processes."""
+    return eps_loss(importlib.import_module(arch_name).apply, config, weighting)
 
 
 def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10):

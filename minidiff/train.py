@@ -27,8 +27,8 @@ from .nn import (
     clip_by_global_norm,
     ema_decay,
     ema_update,
+    lr_schedule,
     tree_map,
-    warmup_lr,
 )
 
 
@@ -72,24 +72,30 @@ def load_state(path):
                       onp.random.Generator(bit_generator))
 
 
-def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, clip=None, ema=0.999,
-          ema_warmup=True, checkpoint_path=None, checkpoint_every=None):
+def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=None, ema=0.999,
+          ema_warmup=True, checkpoint_path=None, checkpoint_every=None, value_and_grad=None):
     """Run from ``state.step`` up to ``steps`` total steps, yielding one record per step.
 
-    ``lr`` is the peak Adam rate, reached linearly over ``warmup`` steps; ``clip`` is a maximum
-    global gradient norm (``None``: no clipping); ``ema`` is the EMA decay (warmed up as in
-    ``nn.ema_decay`` unless ``ema_warmup=False``). With ``checkpoint_path``, a resumable checkpoint
-    is written every ``checkpoint_every`` steps and at the end.
+    ``lr`` is the peak Adam rate, reached linearly over ``warmup`` steps and (``cooldown > 0``)
+    brought down linearly to zero over the last ``cooldown`` steps (``nn.lr_schedule``); ``clip``
+    is a maximum global gradient norm (``None``: no clipping); ``ema`` is the EMA decay (warmed
+    up as in ``nn.ema_decay`` unless ``ema_warmup=False``). With ``checkpoint_path``, a
+    resumable checkpoint is written every ``checkpoint_every`` steps and at the end.
+    ``value_and_grad(params, batch)`` replaces ``autograd.value_and_grad(loss)`` (e.g.
+    ``parallel.DataParallel``; ``loss`` is then not called).
     """
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"`steps` must be a non-negative integer (got {steps!r})")
+    if not (isinstance(cooldown, int) and 0 <= cooldown):
+        raise ValueError(f"`cooldown` must be a non-negative integer (got {cooldown!r})")
     if not lr > 0:
         raise ValueError(f"`lr` must be positive (got {lr!r})")
     if checkpoint_every is not None and not (isinstance(checkpoint_every, int)
                                              and checkpoint_every > 0):
         raise ValueError("`checkpoint_every` must be a positive integer "
                          f"(got {checkpoint_every!r})")
-    value_and_grad = autograd.value_and_grad(loss)
+    if value_and_grad is None:
+        value_and_grad = autograd.value_and_grad(loss)
     while state.step < steps:
         batch = batch_fn(state.rng)
         value, grads = value_and_grad(state.params, batch)
@@ -98,7 +104,7 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, clip=None, ema=0.9
             raise FloatingPointError(f"the loss is {value} at step {state.step}: lower `lr` "
                                      "or set `clip`")
         grads, grad_norm = clip_by_global_norm(grads, clip)
-        lr_now = warmup_lr(state.step, lr, warmup)
+        lr_now = lr_schedule(state.step, lr, warmup, steps, cooldown)
         params, opt = adam_update(grads, state.opt, state.params, lr_now)
         ema_now = ema_update(state.ema, params, ema_decay(state.step, ema, ema_warmup))
         state = TrainState(params, opt, ema_now, state.step + 1, state.rng)

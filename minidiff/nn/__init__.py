@@ -20,6 +20,7 @@ from .optim import (
     ema_decay,
     ema_update,
     global_norm,
+    lr_schedule,
     warmup_lr,
 )
 from .tree import (
@@ -37,6 +38,6 @@ __all__ = [
     "checkpoint", "fourier_embedding", "init_fourier", "init_linear", "linear", "mean", "sigmoid",
     "gelu", "modulated_layer_norm",
     "silu", "sinusoidal_embedding", "adam_init", "adam_update", "clip_by_global_norm",
-    "ema_decay", "ema_update", "global_norm", "warmup_lr", "tree_cast", "tree_dot",
+    "ema_decay", "ema_update", "global_norm", "warmup_lr", "lr_schedule", "tree_cast", "tree_dot",
     "tree_flatten", "tree_leaves", "tree_map", "tree_size", "tree_structure", "tree_unflatten",
 ]

@@ -60,6 +60,17 @@ def warmup_lr(step, lr, warmup_steps):
     return float(lr) * min(1.0, (step + 1) / warmup_steps)
 
 
+def lr_schedule(step, lr, warmup_steps, total_steps, cooldown_steps=0):
+    """``warmup_lr``, then constant, then (``cooldown_steps > 0``) a linear fall over the last
+    ``cooldown_steps`` of ``total_steps``: ``lr (total - step) / cooldown``, whose last step
+    (``step = total - 1``) still moves by ``lr / cooldown``. The warm-up-stable-decay shape; on a
+    short run the fall does what a long run's EMA does, averaging the iterate's noise away."""
+    rate = warmup_lr(step, lr, warmup_steps)
+    if cooldown_steps > 0:
+        rate *= min(1.0, (total_steps - step) / cooldown_steps)
+    return rate
+
+
 def ema_decay(step, decay=0.999, warmup=True):
     """The EMA decay at ``step`` (from 0): ``min(decay, (1 + step) / (10 + step))`` when warming up.
 
