@@ -1,12 +1,14 @@
 """``make bench``: speed and memory of a training step, as ratios within one run.
 
-    python -m minidiff.bench [--model unet dit] [--batch 64 128] [--repeats 8]
+    python -m minidiff.bench [--model unet dit] [--batch 64 128] [--workers 1 2] [--repeats 8]
 
 Times one training step (forward, backward, Adam) of the default U-Net (chapter 6) and the default
 DiT (chapter 9) in float32 at each batch size, reports samples per second and the peak resident
 memory, and — where PyTorch is installed (``pip install torch==2.13.0`` into .venv; never a
 dependency of minidiff) — times the identical architecture in PyTorch in the same run and prints
-the ratio. Each framework runs in its own subprocess (so peaks do not mix), and the two take
+the ratio; the numpy step runs both in one process (BLAS on two threads, everything else on
+one) and split over two worker processes with one BLAS thread each (``parallel.DataParallel``,
+``--workers``). Each framework runs in its own subprocess (so peaks do not mix), and they take
 turns, one step each, ``--repeats`` times after two warm-up steps: on a shared machine whose speed
 drifts by tens of percent from one minute to the next, steps timed side by side see the same
 machine, where two back-to-back runs may not. The ratio is that of the median step times; the
@@ -24,12 +26,16 @@ import time
 PAUSE = 0.3  # seconds between turns: idle BLAS / OpenMP threads of the other process stop spinning
 
 
-def _numpy_stepper(model, batch):
-    """``(step, info)``: one training step of the numpy model, and its size."""
+def _numpy_stepper(model, batch, workers=1):
+    """``(step, info, finish)``: one training step of the numpy model, its size, and a function
+    that stops it and returns the extra peak memory of its worker processes (``workers > 1``:
+    ``parallel.DataParallel``, each worker one BLAS thread)."""
+    import functools
+
     import autograd
     import numpy as np
 
-    from minidiff import nn
+    from minidiff import nn, pipeline
     from minidiff.models import dit, unet
     from minidiff.nn.memory import keep_freed_memory
 
@@ -40,16 +46,26 @@ def _numpy_stepper(model, batch):
     params = arch.init(rng, cfg)
     opt = nn.adam_init(params)
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
-    eps = rng.standard_normal(x.shape).astype(np.float32)
-    t = rng.integers(0, 1000, batch).astype(np.float32)
-    y = rng.integers(0, 11, batch)
-    grad = autograd.grad(lambda p: nn.mean((arch.apply(p, x, t, y, cfg) - eps) ** 2))
+    data = {"xt": x, "eps": rng.standard_normal(x.shape).astype(np.float32),
+            "i": rng.integers(0, 1000, batch), "y": rng.integers(0, 11, batch)}
     state = {"params": params, "opt": opt}
+    if workers == 1:
+        value_and_grad = autograd.value_and_grad(pipeline.eps_loss(arch.apply, cfg))
+        finish = lambda: 0.0  # noqa: E731
+    else:
+        from minidiff.parallel import DataParallel
+
+        factory = functools.partial(pipeline.image_loss, arch.__name__, cfg)
+        value_and_grad = DataParallel(factory, params, workers)
+
+        def finish():
+            value_and_grad.close()
+            return value_and_grad.peak_gb
 
     def step():
-        g = grad(state["params"])
+        _, g = value_and_grad(state["params"], data)
         state["params"], state["opt"] = nn.adam_update(g, state["opt"], state["params"], 1e-4)
-    return step, {"params": nn.tree_size(params)}
+    return step, {"params": nn.tree_size(params)}, finish
 
 
 def _torch_stepper(model, batch):
@@ -84,20 +100,25 @@ def _peak_gb():
 def _numpy_step(model, batch, repeats):
     """The numpy step alone, in this process: median seconds over ``repeats`` after two warm-up
     steps, the peak memory so far, the parameter count."""
-    step, info = _numpy_stepper(model, batch)
+    step, info, finish = _numpy_stepper(model, batch)
     times = []
     for k in range(repeats + 2):
         t0 = time.perf_counter()
         step()
         if k >= 2:
             times.append(time.perf_counter() - t0)
+    finish()
     return {"seconds": sorted(times)[len(times) // 2], "peak_gb": _peak_gb(), **info}
 
 
-def _serve(which, model, batch):
+def _serve(which, model, batch, workers=1):
     """A child process: builds the model, then for each line ``k`` on stdin runs ``k`` steps and
-    prints their times as one JSON line; at the end of stdin, prints its size and peak memory."""
-    step, info = (_numpy_stepper if which == "numpy" else _torch_stepper)(model, batch)
+    prints their times as one JSON line; at the end of stdin, prints its size and peak memory
+    (its own plus its workers')."""
+    if which == "numpy":
+        step, info, finish = _numpy_stepper(model, batch, workers)
+    else:
+        (step, info), finish = _torch_stepper(model, batch), lambda: 0.0
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         times = []
@@ -106,17 +127,18 @@ def _serve(which, model, batch):
             step()
             times.append(time.perf_counter() - t0)
         print(json.dumps(times), flush=True)
-    print(json.dumps({**info, "peak_gb": _peak_gb()}), flush=True)
+    extra = finish()
+    print(json.dumps({**info, "peak_gb": _peak_gb() + extra}), flush=True)
 
 
 class _Child:
     """One framework's step server (``_serve``) in a subprocess."""
 
-    def __init__(self, which, model, batch):
+    def __init__(self, which, model, batch, workers=1):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "minidiff.bench", "--child", which, "--model", model,
-             "--batch", str(batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+             "--batch", str(batch), "--workers", str(workers)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.error = None
         self._read()
 
@@ -149,9 +171,10 @@ def _median(v):
     return 0.5 * (v[(len(v) - 1) // 2] + v[len(v) // 2])
 
 
-def _compare(model, batch, repeats, have_torch):
-    """Warm-up, then ``repeats`` turns of one numpy step and one PyTorch step; one report line."""
-    kids = {"numpy": _Child("numpy", model, batch)}
+def _compare(model, batch, repeats, have_torch, workers=(1, 2)):
+    """Warm-up, then ``repeats`` turns of one step of each numpy variant (one process; ``k``
+    worker processes) and one PyTorch step; one report line."""
+    kids = {w: _Child("numpy", model, batch, w) for w in workers}
     if have_torch:
         kids["torch"] = _Child("torch", model, batch)
     times = {k: [] for k in kids}
@@ -162,19 +185,29 @@ def _compare(model, batch, repeats, have_torch):
                 times[name] += got
             time.sleep(PAUSE)
     info = {name: kid.close() for name, kid in kids.items()}
-    if info["numpy"] is None:
-        return f"batch {batch}: numpy run failed: {kids['numpy'].error}"
-    sec = _median(times["numpy"])
-    line = (f"batch {batch:4d}: minidiff {sec:.3f} s/step ({batch / sec:.0f} samples/s), peak "
-            f"{info['numpy']['peak_gb']:.2f} GB, {info['numpy']['params'] / 1e6:.2f}M params")
+    parts = []
+    for w in workers:
+        label = "minidiff" if w == 1 else f"minidiff, {w} workers"
+        if info[w] is None:
+            parts.append(f"{label} failed: {kids[w].error}")
+            continue
+        sec = _median(times[w])
+        part = (f"{label} {sec:.3f} s/step ({batch / sec:.0f} samples/s), peak "
+                f"{info[w]['peak_gb']:.2f} GB")
+        if have_torch and info["torch"] is not None:
+            tsec = _median(times["torch"])
+            paired = sorted(a / b for a, b in zip(times[w], times["torch"], strict=True))
+            part += f", ratio {sec / tsec:.2f} (paired steps {paired[0]:.2f}-{paired[-1]:.2f})"
+        parts.append(part)
+    n_params = next((i["params"] for w, i in info.items() if w != "torch" and i), None)
+    line = f"batch {batch:4d}: " + " | ".join(parts)
+    if n_params is not None:
+        line += f" | {n_params / 1e6:.2f}M params"
     if have_torch and info["torch"] is None:
         line += f" | PyTorch failed: {kids['torch'].error}"
     elif have_torch:
-        tsec = _median(times["torch"])
-        paired = sorted(a / b for a, b in zip(times["numpy"], times["torch"], strict=True))
-        line += (f" | PyTorch {tsec:.3f} s/step, peak {info['torch']['peak_gb']:.2f} GB "
-                 f"({info['torch']['threads']} threads) | ratio {sec / tsec:.2f} "
-                 f"(paired steps {paired[0]:.2f}-{paired[-1]:.2f})")
+        line += (f" | PyTorch {_median(times['torch']):.3f} s/step, peak "
+                 f"{info['torch']['peak_gb']:.2f} GB ({info['torch']['threads']} threads)")
     return line
 
 
@@ -183,10 +216,13 @@ def main(argv=None):
     parser.add_argument("--model", nargs="+", choices=["unet", "dit"], default=["unet", "dit"])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="numpy variants: 1 = one process (two BLAS threads), k = k worker "
+                             "processes with one BLAS thread each (default: 1 2)")
     parser.add_argument("--child", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _serve(args.child, args.model[0], args.batch[0])
+        _serve(args.child, args.model[0], args.batch[0], args.workers[0])
         return 0
     try:
         import torch  # noqa: F401
@@ -197,7 +233,7 @@ def main(argv=None):
         if batch == args.batch[0]:
             print(f"{'U-Net' if model == 'unet' else 'DiT'} training step (forward + backward + "
                   "Adam), float32, default configuration", flush=True)
-        print(_compare(model, batch, args.repeats, have_torch), flush=True)
+        print(_compare(model, batch, args.repeats, have_torch, tuple(args.workers)), flush=True)
     if not have_torch:
         print("(PyTorch not installed: `.venv/bin/pip install torch==2.13.0` adds the comparison)")
     return 0

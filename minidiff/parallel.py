@@ -128,21 +128,24 @@ def _worker_main():
         send(("error", traceback.format_exc()))
         return
     send(("ready", None))
-    while True:
-        shard = pickle.load(inp)
-        if shard is None:
-            send(("peak_kb", _peak_kb()))
-            return
-        _read_exactly(inp, params_flat)
-        try:
-            value, grads = value_and_grad(params, shard)
-            _pack(grads, grad_flat)
-        except Exception:  # noqa: BLE001
-            send(("error", traceback.format_exc()))
-            continue
-        send(("value", float(value)))
-        out.write(memoryview(grad_flat).cast("B"))
-        out.flush()
+    try:
+        while True:
+            shard = pickle.load(inp)
+            if shard is None:
+                send(("peak_kb", _peak_kb()))
+                return
+            _read_exactly(inp, params_flat)
+            try:
+                value, grads = value_and_grad(params, shard)
+                _pack(grads, grad_flat)
+            except Exception:  # noqa: BLE001
+                send(("error", traceback.format_exc()))
+                continue
+            send(("value", float(value)))
+            out.write(memoryview(grad_flat).cast("B"))
+            out.flush()
+    except (BrokenPipeError, EOFError):
+        return  # the parent went away (or gave up on this worker after another one failed)
 
 
 class DataParallel:

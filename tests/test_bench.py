@@ -50,7 +50,9 @@ def test_torch_dit_twin_computes_the_same_function():
 def test_interleaved_comparison_runs_its_step_servers():
     # The numpy step server in its own process answers turn by turn and reports its size and
     # peak memory; a broken protocol or child would print "failed" instead of this line.
-    line = bench._compare("dit", batch=2, repeats=1, have_torch=False)
+    # The two-worker variant's server starts its own DataParallel workers and adds their peaks.
+    line = bench._compare("dit", batch=2, repeats=1, have_torch=False, workers=(1, 2))
     assert line.startswith("batch    2: minidiff"), line
+    assert "| minidiff, 2 workers " in line and "failed" not in line, line
     n_params = nn.tree_size(dit.init(np.random.default_rng(0), dit.DiTConfig()))
     assert f"{n_params / 1e6:.2f}M params" in line, line

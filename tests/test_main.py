@@ -50,3 +50,14 @@ def test_train_dit_from_the_command_line_writes_loadable_weights(tmp_path, capsy
     apply, params, cfg, meta = pipeline.load_model(out)
     assert (cfg.patch, cfg.width) == (7, 16) and meta["steps"] == 2 and meta["model"] == "dit"
     assert "saved the EMA weights" in capsys.readouterr().out
+
+
+def test_train_with_workers_and_cooldown_records_them(tmp_path):
+    from minidiff import pipeline
+
+    out, ckpt = tmp_path / "dit.npz", tmp_path / "dit_train.npz"
+    assert main(["train", "dit", "--steps", "2", "--batch-size", "4", "--width", "16",
+                 "--patch", "7", "--workers", "2", "--cooldown", "1", "--out", str(out),
+                 "--checkpoint", str(ckpt)]) == 0
+    meta = pipeline.load_model(out)[3]
+    assert (meta["workers"], meta["cooldown"], meta["steps"]) == (2, 1, 2)
