@@ -134,8 +134,10 @@ print("output shape", out.shape, "| untrained output is all zeros:", bool(np.all
 # ## 3. Training, and the shipped weights
 #
 # The objective is DDPM's $L_\text{simple}$ (chapter 3) with labels dropped to the null class 10%
-# of the time (`pipeline.mnist_batches`), trained by the shared loop with warm-up, clipping and a
-# warmed-up EMA. A full run is the command stored with the weights; the notebook loads them.
+# of the time (`pipeline.mnist_batches`), trained by the shared loop with warm-up, clipping, a
+# warmed-up EMA and a linear fall of the learning rate to zero over the last fifth of the run
+# (`--cooldown`), each batch split over two worker processes (`--workers 2`, section 6). A full
+# run is the command stored with the weights; the notebook loads them.
 
 # %%
 apply, params, cfg, meta = pipeline.load_model("../data/weights/unet_mnist.npz")
