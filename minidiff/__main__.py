@@ -117,7 +117,8 @@ def cmd_train(args):
     state, losses = pipeline.train_mnist(arch, cfg, state, images, labels, args.steps,
                                          batch_size=args.batch_size, lr=args.lr,
                                          warmup=args.warmup, cooldown=args.cooldown,
-                                         weighting=args.weighting, workers=args.workers,
+                                         target=args.target, weighting=args.weighting,
+                                         workers=args.workers,
                                          checkpoint_path=ckpt,
                                          checkpoint_every=args.checkpoint_every,
                                          desc=f"{args.model} on MNIST")
@@ -126,7 +127,8 @@ def cmd_train(args):
         else args.command_line
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or None
-    pipeline.save_model(args.out, state.ema, cfg, kind=args.model, seed=args.seed, commit=commit,
+    pipeline.save_model(args.out, state.ema, cfg, kind=args.model, target=args.target,
+                        seed=args.seed, commit=commit,
                         steps=state.step,
                         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                         cooldown=args.cooldown, workers=args.workers, command=command,
@@ -300,6 +302,8 @@ def main(argv=None):
                     help="processes sharing each batch, one BLAS thread each (default 1; "
                          "2 on a 2-core machine is 1.4-2x faster)")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--target", choices=["eps", "v"], default="eps",
+                    help="what the network predicts (default eps; sampling converts to eps)")
     tr.add_argument("--weighting", choices=["min_snr"], default=None,
                     help="loss weighting (default: L_simple, every step weighted 1)")
     tr.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])

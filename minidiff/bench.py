@@ -50,7 +50,7 @@ def _numpy_stepper(model, batch, workers=1):
             "i": rng.integers(0, 1000, batch), "y": rng.integers(0, 11, batch)}
     state = {"params": params, "opt": opt}
     if workers == 1:
-        value_and_grad = autograd.value_and_grad(pipeline.eps_loss(arch.apply, cfg))
+        value_and_grad = autograd.value_and_grad(pipeline.denoising_loss(arch.apply, cfg))
         finish = lambda: 0.0  # noqa: E731
     else:
         from minidiff.parallel import DataParallel

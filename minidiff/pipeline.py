@@ -16,6 +16,8 @@ import numpy as onp
 
 from . import ddpm, metrics, train
 from .nn import checkpoint, mean
+from .targets import min_snr_weight, to_eps
+from .targets import target as regression_target
 
 
 def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1):
@@ -29,48 +31,76 @@ def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1
         i = rng.integers(0, sched.T, size=batch_size)
         eps = rng.standard_normal(images[idx].shape, dtype=onp.float32)
         xt = ddpm.q_sample(sched, images[idx], i, eps).astype(onp.float32)
-        return {"xt": xt, "i": i, "y": y, "eps": eps}
+        return {"xt": xt, "i": i, "y": y, "eps": eps, "x0": images[idx]}
     return batch_fn
 
 
-def eps_loss(apply, config, weighting=None, gamma=5.0, sched=None):
-    """``L_simple`` (Ho et al. 2020, eq. (14)) for a class-conditional network
-    ``apply(params, x_t, i, y, config)``, averaged over pixels and the batch.
+def denoising_loss(apply, config, target="eps", weighting=None, gamma=5.0, sched=None):
+    """The regression loss of a class-conditional network ``apply(params, x_t, i, y, config)``
+    that predicts ``target`` (``"eps"`` or ``"v"``), averaged over pixels and the batch.
 
-    ``weighting="min_snr"`` weights each image's error by Min-SNR-gamma in the eps frame,
-    ``min(SNR_i, gamma) / SNR_i`` (Hang et al. 2023, eq. (9); ``targets.min_snr_weight``), with
-    ``SNR_i = alpha_bar_i / (1 - alpha_bar_i)`` of ``sched`` (default: the linear schedule)."""
+    ``"eps"`` is ``L_simple`` (Ho et al. 2020, eq. (14)). ``"v"`` regresses
+    ``v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0`` (Salimans & Ho 2022, sec. 4;
+    ``targets.target``): in the x0 frame its weight is ``SNR + 1`` instead of eps's ``SNR``, and
+    at high noise the network outputs about ``-x0`` instead of recovering ``x0`` from the tiny
+    difference ``(x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)``. ``weighting="min_snr"``
+    weights each image's error by Min-SNR-gamma in the target's frame (Hang et al. 2023, eq. (9);
+    ``targets.min_snr_weight``). ``sched`` defaults to the linear schedule."""
+    if target not in ("eps", "v"):
+        raise ValueError(f"`target` must be 'eps' or 'v' (got {target!r})")
     if weighting not in (None, "min_snr"):
         raise ValueError(f"`weighting` must be None or 'min_snr' (got {weighting!r})")
+    sched = sched or ddpm.schedule("linear")
+    alpha = onp.sqrt(sched.alpha_bar).astype(onp.float32)  # (T,)
+    sigma = onp.sqrt(1.0 - sched.alpha_bar).astype(onp.float32)
     weights = None
     if weighting == "min_snr":
-        from .targets import min_snr_weight
-
-        sched = sched or ddpm.schedule("linear")
-        ab = sched.alpha_bar
-        weights = min_snr_weight("eps", onp.sqrt(ab), onp.sqrt(1.0 - ab), gamma).astype(
-            onp.float32)  # (T,)
+        weights = min_snr_weight(target, alpha.astype(float), sigma.astype(float),
+                                 gamma).astype(onp.float32)  # (T,)
 
     def loss(params, batch):
         pred = apply(params, batch["xt"], batch["i"].astype(onp.float32), batch["y"], config)
+        truth = batch["eps"] if target == "eps" else regression_target(
+            target, batch["x0"], batch["eps"], alpha[batch["i"]], sigma[batch["i"]])
         if weights is None:
-            return mean((pred - batch["eps"]) ** 2)
-        per_image = mean((pred - batch["eps"]) ** 2, axis=(1, 2, 3))  # (N,)
+            return mean((pred - truth) ** 2)
+        per_image = mean((pred - truth) ** 2, axis=(1, 2, 3))  # (N,)
         return mean(per_image * weights[batch["i"]])
     return loss
 
 
+def eps_network(apply, target, sched=None):
+    """The network ``apply(params, x_t, i, y, config)`` that predicts ``target`` as a noise
+    predictor with the same signature: its output converted by ``targets.to_eps`` at each image's
+    ``alpha = sqrt(alpha_bar_i)``, ``sigma = sqrt(1 - alpha_bar_i)``. The samplers, guidance and
+    the chapters' comparisons all speak eps; the training target is the network's own business."""
+    if target == "eps":
+        return apply
+    if target not in ("v",):
+        raise ValueError(f"`target` must be 'eps' or 'v' (got {target!r})")
+    sched = sched or ddpm.schedule("linear")
+
+    def eps_apply(params, x, i, y, config):
+        idx = onp.asarray(i).astype(int)
+        a = onp.sqrt(sched.alpha_bar[idx]).astype(x.dtype)  # float32 stays float32
+        s = onp.sqrt(1.0 - sched.alpha_bar[idx]).astype(x.dtype)
+        return to_eps(target, apply(params, x, i, y, config), x, a, s)
+    return eps_apply
+
+
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
-                warmup=200, cooldown=0, weighting=None, workers=1, checkpoint_path=None,
+                warmup=200, cooldown=0, target="eps", weighting=None, workers=1,
+                checkpoint_path=None,
                 checkpoint_every=100, progress=True, desc="train"):
     """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
-    ``L_simple`` on the linear schedule (``weighting="min_snr"``: Min-SNR-5), label dropout, Adam
+    ``denoising_loss`` on the linear schedule (``target`` eps: ``L_simple``, or v;
+    ``weighting="min_snr"``: Min-SNR-5), label dropout, Adam
     with ``warmup`` steps to ``lr`` (and, with ``cooldown``, a linear fall to zero over the last
     ``cooldown`` steps), gradient norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1``
     splits each batch over that many processes (``parallel.DataParallel``). Returns
     ``(state, losses)``."""
     batch_fn = mnist_batches(ddpm.schedule("linear"), images, labels, batch_size)
-    loss = eps_loss(arch.apply, config, weighting)
+    loss = denoising_loss(arch.apply, config, target, weighting)
     kwargs = dict(lr=lr, warmup=warmup, cooldown=cooldown, clip=1.0, ema=0.999,
                   checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                   progress=progress, desc=desc)
@@ -78,15 +108,16 @@ def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr
         return train.fit(loss, state, batch_fn, steps, **kwargs)
     from .parallel import DataParallel
 
-    factory = functools.partial(image_loss, arch.__name__, config, weighting)
+    factory = functools.partial(image_loss, arch.__name__, config, target, weighting)
     with DataParallel(factory, state.params, workers) as value_and_grad:
         return train.fit(loss, state, batch_fn, steps, value_and_grad=value_and_grad, **kwargs)
 
 
-def image_loss(arch_name, config, weighting=None):
-    """``eps_loss`` for the model module named ``arch_name`` (e.g. ``"minidiff.models.unet"``):
-    a picklable way to build the loss inside ``DataParallel``'s worker processes."""
-    return eps_loss(importlib.import_module(arch_name).apply, config, weighting)
+def image_loss(arch_name, config, target="eps", weighting=None):
+    """``denoising_loss`` for the model module named ``arch_name`` (e.g.
+    ``"minidiff.models.unet"``): a picklable way to build the loss inside ``DataParallel``'s
+    worker processes."""
+    return denoising_loss(importlib.import_module(arch_name).apply, config, target, weighting)
 
 
 def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10):
@@ -160,22 +191,27 @@ def load_samples(path):
     return images, labels.astype(onp.int64)
 
 
-def save_model(path, params, config, kind="unet", **meta):
-    """Shipped weights: the parameter tree plus the architecture and how it was made."""
-    checkpoint.save(path, params, model=kind, config=config.to_dict(), **meta)
+def save_model(path, params, config, kind="unet", target="eps", **meta):
+    """Shipped weights: the parameter tree plus the architecture, the network's prediction
+    target and how it was made."""
+    checkpoint.save(path, params, model=kind, config=config.to_dict(), target=target, **meta)
 
 
 def load_model(path):
-    """``(apply, params, config, meta)`` from weights written by ``save_model``."""
+    """``(apply, params, config, meta)`` from weights written by ``save_model``. ``apply`` is
+    always a noise predictor: a network trained on another target (``meta["target"]``; weights
+    without it predict eps) comes wrapped by ``eps_network``."""
     params, meta = checkpoint.load(path)
     kind = meta.get("model")
     if kind == "unet":
-        from .models import unet
-        return unet.apply, params, unet.UNetConfig(**meta["config"]), meta
-    if kind == "dit":
-        from .models import dit
-        return dit.apply, params, dit.DiTConfig(**meta["config"]), meta
-    raise ValueError(f"{path!r} holds an unknown model kind {kind!r}")
+        from .models import unet as arch
+        config = arch.UNetConfig(**meta["config"])
+    elif kind == "dit":
+        from .models import dit as arch
+        config = arch.DiTConfig(**meta["config"])
+    else:
+        raise ValueError(f"{path!r} holds an unknown model kind {kind!r}")
+    return eps_network(arch.apply, meta.get("target", "eps")), params, config, meta
 
 
 # ----------------------------------------------------------------------------- DiT scaling sweep

@@ -150,7 +150,7 @@ if FAST:  # a few seconds of training, to show the loop runs from here too
     images, labels = mnist("train")
     state = train.init_state(unet.init(rng, cfg), seed=0)
     batch_fn = pipeline.mnist_batches(ddpm.schedule("linear"), images, labels, 8)
-    state, losses = train.fit(pipeline.eps_loss(unet.apply, cfg), state, batch_fn, 3,
+    state, losses = train.fit(pipeline.denoising_loss(unet.apply, cfg), state, batch_fn, 3,
                               progress=False)
     print("3 training steps, losses", np.round(losses, 3))
 
@@ -276,7 +276,7 @@ tiny_batch = pipeline.mnist_batches(ddpm.schedule("linear"), tiny_x0, rng.intege
                                     7)(rng)
 tiny_batch["xt"] = tiny_batch["xt"].astype(np.float64)
 tiny_batch["eps"] = tiny_batch["eps"].astype(np.float64)
-_, g_one = autograd.value_and_grad(pipeline.eps_loss(unet.apply, tiny))(tiny_params, tiny_batch)
+_, g_one = autograd.value_and_grad(pipeline.denoising_loss(unet.apply, tiny))(tiny_params, tiny_batch)
 with DataParallel(functools.partial(pipeline.image_loss, "minidiff.models.unet", tiny),
                   tiny_params, workers=2) as workers:
     _, g_two = workers(tiny_params, tiny_batch)

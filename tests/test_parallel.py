@@ -42,7 +42,7 @@ def test_sharded_gradient_equals_the_whole_batch_gradient(rng):
     params = nn.tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape),
                          unet.init(rng, TINY, dtype=np.float64))
     batch = _batch(rng, 7, np.float64)
-    value, grads = autograd.value_and_grad(pipeline.eps_loss(unet.apply, TINY))(params, batch)
+    value, grads = autograd.value_and_grad(pipeline.denoising_loss(unet.apply, TINY))(params, batch)
     factory = functools.partial(pipeline.image_loss, "minidiff.models.unet", TINY)
     with DataParallel(factory, params, workers=2) as vg:
         value2, grads2 = vg(params, batch)
@@ -53,7 +53,8 @@ def test_sharded_gradient_equals_the_whole_batch_gradient(rng):
     for g, g2 in zip(nn.tree_leaves(grads), nn.tree_leaves(grads2), strict=True):
         assert g2.dtype == np.float64 and g2.shape == g.shape
         np.testing.assert_allclose(g2, g, rtol=1e-9, atol=1e-12)
-    assert value3 == pytest.approx(pipeline.eps_loss(unet.apply, TINY)(moved, batch), rel=1e-12)
+    assert value3 == pytest.approx(pipeline.denoising_loss(unet.apply, TINY)(moved, batch),
+                                   rel=1e-12)
     assert 0 < vg.peak_gb < 2.0  # two small workers, summed
 
 

@@ -109,12 +109,57 @@ def test_min_snr_weighted_eps_loss(rng):
     batch = {"xt": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
              "eps": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
              "i": np.array([0, 10, 500, 999]), "y": np.zeros(4, int)}
-    plain = pipeline.eps_loss(net, None)(0.5, batch)
-    assert pipeline.eps_loss(net, None, "min_snr", gamma=np.inf)(0.5, batch) == \
-        pytest.approx(plain, rel=1e-6)
+    plain = pipeline.denoising_loss(net, None)(0.5, batch)
+    assert pipeline.denoising_loss(net, None, weighting="min_snr", gamma=np.inf)(0.5, batch) \
+        == pytest.approx(plain, rel=1e-6)
     per_image = ((0.5 * batch["xt"] - batch["eps"]) ** 2).mean(axis=(1, 2, 3))
     snr = sched.snr[batch["i"]]
     expected = np.mean(per_image * np.minimum(snr, 5.0) / snr)
-    assert pipeline.eps_loss(net, None, "min_snr")(0.5, batch) == pytest.approx(expected, rel=1e-5)
+    assert pipeline.denoising_loss(net, None, weighting="min_snr")(0.5, batch) == \
+        pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="`weighting`"):
-        pipeline.eps_loss(net, None, "snr")
+        pipeline.denoising_loss(net, None, weighting="snr")
+    with pytest.raises(ValueError, match="`target`"):
+        pipeline.denoising_loss(net, None, target="x0")
+
+
+def _noised_batch(rng, i):
+    sched = ddpm.schedule("linear")
+    x0 = rng.uniform(-1, 1, (len(i), 1, 4, 4))
+    eps = rng.standard_normal(x0.shape)
+    return {"x0": x0, "eps": eps, "i": np.asarray(i), "y": np.zeros(len(i), int),
+            "xt": ddpm.q_sample(sched, x0, np.asarray(i), eps)}
+
+
+def test_v_network_is_a_noise_predictor(rng):
+    # A network that outputs the exact v = sqrt(ab) eps - sqrt(1 - ab) x0 of the (x0, eps) that
+    # made x_t becomes, through eps_network, the exact eps -- at every noise level, including
+    # i = 999 where x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) divides by 0.006. Float64 throughout.
+    ab = ddpm.schedule("linear").alpha_bar
+    batch = _noised_batch(rng, [0, 1, 250, 500, 998, 999])
+    a = np.sqrt(ab[batch["i"]])[:, None, None, None]
+    v_true = a * batch["eps"] - np.sqrt(1 - ab[batch["i"]])[:, None, None, None] * batch["x0"]
+
+    def oracle(params, x, t, y, cfg):
+        assert x is batch["xt"] and np.array_equal(t, batch["i"])
+        return v_true
+    eps = pipeline.eps_network(oracle, "v")(None, batch["xt"], batch["i"].astype(float),
+                                            batch["y"], None)
+    np.testing.assert_allclose(eps, batch["eps"], rtol=0, atol=1e-12)
+    assert pipeline.eps_network(oracle, "eps") is oracle
+    with pytest.raises(ValueError, match="`target`"):
+        pipeline.eps_network(oracle, "x0")
+
+
+def test_v_loss_is_the_eps_error_over_alpha_bar(rng):
+    # For any network, eps_hat - eps = sqrt(ab) (v_hat - v) on the variance-preserving path, so
+    # the v loss of image j is its eps-frame error divided by alpha_bar_j (targets.x0_error_factor:
+    # SNR + 1 against SNR in the x0 frame). The network here is an arbitrary linear map.
+    ab = ddpm.schedule("linear").alpha_bar
+    batch = _noised_batch(rng, [3, 100, 400, 700, 950])
+    def net(params, x, t, y, cfg):
+        return params * x + 0.1
+    v_loss = pipeline.denoising_loss(net, None, target="v")(0.7, batch)
+    eps_hat = pipeline.eps_network(net, "v")(0.7, batch["xt"], batch["i"], batch["y"], None)
+    per_image = ((eps_hat - batch["eps"]) ** 2).mean(axis=(1, 2, 3))
+    assert v_loss == pytest.approx(np.mean(per_image / ab[batch["i"]]), rel=1e-5)
