@@ -278,6 +278,9 @@ def cmd_evaluate(args):
     print(f"{r['n']} samples: FD-MNIST {r['fd']:.2f} (real-vs-real baseline {r['fd_real']:.2f}, "
           f"ratio {r['fd'] / r['fd_real']:.2f}); classifier agrees with the requested class on "
           f"{100 * r['agreement']:.1f}%")
+    sp, sr = r["spread"], r["spread_real"]
+    print(f"feature spread (law of total variance): between classes {sp['between']:.0f} (test "
+          f"digits {sr['between']:.0f}), within a class {sp['within']:.0f} ({sr['within']:.0f})")
     print("FD-MNIST is the Frechet distance on minidiff's MNIST classifier's features, not the "
           "Inception FID.")
     return 0

@@ -9,6 +9,9 @@ MNIST
   compare at equal sample sizes only.
 - ``class_agreement``: the fraction of class-conditional samples the classifier assigns to the
   requested class.
+- ``class_spread``: the features' total variance split by the law of total variance into the
+  spread inside each class and the spread of the class means. Guidance moves FD's covariance
+  term through both (less within, more between); this says which way and how far.
 
 2D
 - ``mmd2``: squared maximum mean discrepancy with an RBF kernel (Gretton et al. 2012), the
@@ -40,13 +43,43 @@ def _psd_sqrt(c):
     return (v * onp.sqrt(onp.clip(w, 0.0, None))) @ v.T
 
 
-def feature_stats(classifier_params, images, batch_size=500):
-    """Mean and covariance of the classifier's penultimate features of ``images (N, 1, 28, 28)``."""
+def classifier_features(classifier_params, images, batch_size=500):
+    """The classifier's penultimate features of ``images (N, 1, 28, 28)``: float64 ``(N, 128)``."""
     from .models import classifier
 
-    feats = onp.concatenate([classifier.features(classifier_params, images[i:i + batch_size])
-                             for i in range(0, len(images), batch_size)]).astype(onp.float64)
+    return onp.concatenate([classifier.features(classifier_params, images[i:i + batch_size])
+                            for i in range(0, len(images), batch_size)]).astype(onp.float64)
+
+
+def feature_stats(classifier_params, images, batch_size=500):
+    """Mean and covariance of the classifier's penultimate features of ``images (N, 1, 28, 28)``."""
+    feats = classifier_features(classifier_params, images, batch_size)
     return feats.mean(0), onp.cov(feats.T)
+
+
+def class_spread(features, labels):
+    """The law of total variance for ``features (N, D)`` grouped by ``labels (N,)``, with every
+    variance normalised by the count (1/N, not 1/(N-1)), so the split is exact:
+
+        total   = mean_i |f_i - mu|²                          = trace of the features' covariance
+        within  = sum_c (n_c / N) mean_{i in c} |f_i - mu_c|²  spread inside each class
+        between = sum_c (n_c / N) |mu_c - mu|²                 spread of the class means
+
+    and ``total = within + between``. Returns ``{"total", "within", "between"}``."""
+    f = onp.asarray(features, dtype=onp.float64)
+    labels = onp.asarray(labels)
+    if f.ndim != 2 or labels.shape != f.shape[:1]:
+        raise ValueError(f"`features` must be (N, D) and `labels` (N,) (got {f.shape} and "
+                         f"{labels.shape})")
+    mu = f.mean(0)
+    within = between = 0.0
+    for c in onp.unique(labels):
+        fc = f[labels == c]
+        weight = len(fc) / len(f)
+        within += weight * onp.mean(onp.sum((fc - fc.mean(0)) ** 2, axis=1))
+        between += weight * onp.sum((fc.mean(0) - mu) ** 2)
+    total = onp.mean(onp.sum((f - mu) ** 2, axis=1))
+    return {"total": float(total), "within": float(within), "between": float(between)}
 
 
 def fd_mnist(classifier_params, images_a, images_b):
@@ -76,17 +109,24 @@ def balanced_subset(images, labels, per_class, rng):
 
 def evaluate_samples(images, labels, classifier_params, rng):
     """FD-MNIST of ``images`` (floats in ``[-1, 1]``) against as many test digits with the same
-    class balance, the real-vs-real baseline (as many train digits against those test digits) and
-    the class agreement: ``{"fd", "fd_real", "agreement", "n"}``."""
+    class balance, the real-vs-real baseline (as many train digits against those test digits),
+    the class agreement, and the ``class_spread`` of the samples' features (by requested class)
+    and of the test digits': ``{"fd", "fd_real", "agreement", "n", "spread", "spread_real"}``."""
     from .datasets import mnist
 
     per_class = len(labels) // 10
-    test_x, _ = balanced_subset(*mnist("test"), per_class, rng)
+    test_x, test_y = balanced_subset(*mnist("test"), per_class, rng)
     train_x, _ = balanced_subset(*mnist("train"), per_class, rng)
-    return {"fd": fd_mnist(classifier_params, images, test_x),
-            "fd_real": fd_mnist(classifier_params, train_x, test_x),
+    f_samples = classifier_features(classifier_params, images)
+    f_test = classifier_features(classifier_params, test_x)
+    f_train = classifier_features(classifier_params, train_x)
+    moments = [(f.mean(0), onp.cov(f.T)) for f in (f_samples, f_test, f_train)]
+    return {"fd": frechet_distance(*moments[0], *moments[1]),
+            "fd_real": frechet_distance(*moments[2], *moments[1]),
             "agreement": class_agreement(classifier_params, images, labels),
-            "n": len(labels)}
+            "n": len(labels),
+            "spread": class_spread(f_samples, labels),
+            "spread_real": class_spread(f_test, test_y)}
 
 
 def mmd2(x, y, bandwidth=None):

@@ -32,6 +32,27 @@ def test_fd_of_two_real_samples_is_small_and_shrinks_with_n(rng):
     assert 2.5 < fds[200] / fds[800] < 6  # about 4x per 4x more samples: the 1/n bias
 
 
+def test_class_spread_is_the_law_of_total_variance(rng):
+    # total = within + between exactly, for unequal class sizes; total is the trace of the
+    # count-normalised covariance; pulling every point onto its class mean leaves only
+    # `between`, and moving the class means onto the grand mean leaves only `within`.
+    labels = np.repeat([0, 1, 2, 5], [3, 7, 11, 19])
+    f = rng.normal(size=(40, 6)) + 3.0 * rng.normal(size=(6, 6))[labels % 6]
+    sp = metrics.class_spread(f, labels)
+    assert sp["total"] == pytest.approx(sp["within"] + sp["between"], rel=1e-12)
+    assert sp["total"] == pytest.approx(np.trace(np.cov(f.T, bias=True)), rel=1e-12)
+    means = {c: f[labels == c].mean(0) for c in np.unique(labels)}
+    collapsed = metrics.class_spread(np.array([means[c] for c in labels]), labels)
+    assert collapsed["within"] == pytest.approx(0, abs=1e-12)
+    assert collapsed["between"] == pytest.approx(sp["between"], rel=1e-12)
+    centred = f - np.array([means[c] for c in labels])
+    only_within = metrics.class_spread(centred, labels)
+    assert only_within["between"] == pytest.approx(0, abs=1e-12)
+    assert only_within["within"] == pytest.approx(sp["within"], rel=1e-12)
+    with pytest.raises(ValueError, match="`labels`"):
+        metrics.class_spread(f, labels[:-1])
+
+
 def test_mmd_is_unbiased_under_the_null_and_detects_a_shift(rng):
     gm = datasets.gmm8()
     null = [metrics.mmd2(gm.sample(200, rng), gm.sample(200, rng)) for _ in range(30)]
