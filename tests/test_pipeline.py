@@ -163,3 +163,19 @@ def test_v_loss_is_the_eps_error_over_alpha_bar(rng):
     eps_hat = pipeline.eps_network(net, "v")(0.7, batch["xt"], batch["i"], batch["y"], None)
     per_image = ((eps_hat - batch["eps"]) ** 2).mean(axis=(1, 2, 3))
     assert v_loss == pytest.approx(np.mean(per_image / ab[batch["i"]]), rel=1e-5)
+
+
+@pytest.mark.parametrize("target", ["eps", "v"])
+def test_float32_training_step_keeps_float32_gradients(tiny_params, rng, target):
+    # The v target multiplies float32 images and noise by per-image coefficients: they must be
+    # float32 too, or the whole backward silently runs in float64 (the chapter's first lesson).
+    import autograd
+
+    images = rng.uniform(-1, 1, (12, 1, 8, 8)).astype(np.float32)
+    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, np.arange(12) % 10, 4)(rng)
+    value, grads = autograd.value_and_grad(
+        pipeline.denoising_loss(unet.apply, TINY, target=target))(tiny_params, batch)
+    leaves = []
+    tree_map(leaves.append, grads)
+    assert np.asarray(value).dtype == np.float32
+    assert {g.dtype for g in leaves} == {np.dtype(np.float32)}
