@@ -76,7 +76,7 @@ def eps_network(apply, target, sched=None):
     the chapters' comparisons all speak eps; the training target is the network's own business."""
     if target == "eps":
         return apply
-    if target not in ("v",):
+    if target != "v":
         raise ValueError(f"`target` must be 'eps' or 'v' (got {target!r})")
     sched = sched or ddpm.schedule("linear")
 
@@ -90,15 +90,13 @@ def eps_network(apply, target, sched=None):
 
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
                 warmup=200, cooldown=0, target="eps", weighting=None, workers=1,
-                checkpoint_path=None,
-                checkpoint_every=100, progress=True, desc="train"):
+                checkpoint_path=None, checkpoint_every=100, progress=True, desc="train"):
     """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
     ``denoising_loss`` on the linear schedule (``target`` eps: ``L_simple``, or v;
-    ``weighting="min_snr"``: Min-SNR-5), label dropout, Adam
-    with ``warmup`` steps to ``lr`` (and, with ``cooldown``, a linear fall to zero over the last
-    ``cooldown`` steps), gradient norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1``
-    splits each batch over that many processes (``parallel.DataParallel``). Returns
-    ``(state, losses)``."""
+    ``weighting="min_snr"``: Min-SNR-5), label dropout, Adam with ``warmup`` steps to ``lr``
+    (and, with ``cooldown``, a linear fall to zero over the last ``cooldown`` steps), gradient
+    norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1`` splits each batch over that many
+    processes (``parallel.DataParallel``). Returns ``(state, losses)``."""
     batch_fn = mnist_batches(ddpm.schedule("linear"), images, labels, batch_size)
     loss = denoising_loss(arch.apply, config, target, weighting)
     kwargs = dict(lr=lr, warmup=warmup, cooldown=cooldown, clip=1.0, ema=0.999,
