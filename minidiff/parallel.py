@@ -148,6 +148,81 @@ def _worker_main():
         return  # the parent went away (or gave up on this worker after another one failed)
 
 
+def _spawn_worker(*flags):
+    """A fresh ``python -m minidiff.parallel`` with one BLAS thread, talking over pipes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, **_ONE_THREAD)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-m", "minidiff.parallel", *flags],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+
+
+def _map_worker_main():
+    """A ``map_in_processes`` worker (``python -m minidiff.parallel --map``): for every pickled
+    ``(fn, args)`` write ``("value", fn(*args))`` or ``("error", traceback)``; ``None`` ends it."""
+    from .nn.memory import keep_freed_memory
+
+    inp = sys.stdin.buffer
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    keep_freed_memory()
+    try:
+        while (task := pickle.load(inp)) is not None:
+            fn, args = task
+            try:
+                reply = ("value", fn(*args))
+            except Exception:  # noqa: BLE001 - the parent re-raises it with this traceback
+                reply = ("error", traceback.format_exc())
+            pickle.dump(reply, out)
+            out.flush()
+    except (BrokenPipeError, EOFError):
+        return
+
+
+def map_in_processes(fn, items, workers=2, callback=None):
+    """``[fn(*args) for args in items]``, computed by ``workers`` fresh processes with one BLAS
+    thread each: for independent pieces of work (sampling batches) rather than one gradient.
+    In rounds: each worker gets one item, then the results are read back in order (so a worker
+    never blocks on a full pipe while the parent writes to another). ``fn`` and the items must be
+    picklable; ``callback(result)`` runs in the parent after each item."""
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"`workers` must be a positive integer (got {workers!r})")
+    items = [tuple(args) for args in items]
+    procs = [_spawn_worker("--map") for _ in range(min(workers, len(items)))]
+    results = []
+    try:
+        for start in range(0, len(items), len(procs)):
+            batch = items[start:start + len(procs)]
+            for proc, args in zip(procs, batch, strict=False):
+                pickle.dump((fn, args), proc.stdin)
+                proc.stdin.flush()
+            for proc, _ in zip(procs, batch, strict=False):
+                try:
+                    kind, payload = pickle.load(proc.stdout)
+                except EOFError:
+                    raise RuntimeError("a map_in_processes worker died without a message (its "
+                                       "stderr above says why)") from None
+                if kind == "error":
+                    raise RuntimeError(f"a map_in_processes worker failed:\n{payload}")
+                results.append(payload)
+                if callback is not None:
+                    callback(payload)
+    finally:
+        for proc in procs:
+            try:
+                pickle.dump(None, proc.stdin)
+                proc.stdin.close()
+            except OSError:
+                pass
+            proc.stdout.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return results
+
+
 class DataParallel:
     """``value_and_grad(params, batch)`` of a batch-mean loss, computed by ``workers`` processes.
 
@@ -168,12 +243,7 @@ class DataParallel:
         self._params_flat = onp.empty(int(self.offsets[-1]), self.dtype)
         self._grads_flat = [onp.empty_like(self._params_flat) for _ in range(workers)]
         self.peak_gb = None
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, **_ONE_THREAD)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        self._procs = [subprocess.Popen([sys.executable, "-m", "minidiff.parallel"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-                       for _ in range(workers)]
+        self._procs = [_spawn_worker() for _ in range(workers)]
         setup = (loss_factory, self.structure, self.shapes, self.offsets, self.dtype)
         for proc in self._procs:
             self._send(proc, setup)
@@ -252,4 +322,4 @@ class DataParallel:
 
 
 if __name__ == "__main__":
-    _worker_main()
+    _map_worker_main() if "--map" in sys.argv[1:] else _worker_main()

@@ -73,19 +73,20 @@ def eps_network(apply, target, sched=None):
     """The network ``apply(params, x_t, i, y, config)`` that predicts ``target`` as a noise
     predictor with the same signature: its output converted by ``targets.to_eps`` at each image's
     ``alpha = sqrt(alpha_bar_i)``, ``sigma = sqrt(1 - alpha_bar_i)``. The samplers, guidance and
-    the chapters' comparisons all speak eps; the training target is the network's own business."""
+    the chapters' comparisons all speak eps; the training target is the network's own business.
+    (A ``functools.partial``, so it pickles: ``sample(..., workers=2)`` sends it to processes.)"""
     if target == "eps":
         return apply
     if target != "v":
         raise ValueError(f"`target` must be 'eps' or 'v' (got {target!r})")
-    sched = sched or ddpm.schedule("linear")
+    return functools.partial(_converted_to_eps, apply, target, sched or ddpm.schedule("linear"))
 
-    def eps_apply(params, x, i, y, config):
-        idx = onp.asarray(i).astype(int)
-        a = onp.sqrt(sched.alpha_bar[idx]).astype(x.dtype)  # float32 stays float32
-        s = onp.sqrt(1.0 - sched.alpha_bar[idx]).astype(x.dtype)
-        return to_eps(target, apply(params, x, i, y, config), x, a, s)
-    return eps_apply
+
+def _converted_to_eps(apply, target, sched, params, x, i, y, config):
+    idx = onp.asarray(i).astype(int)
+    a = onp.sqrt(sched.alpha_bar[idx]).astype(x.dtype)  # float32 stays float32
+    s = onp.sqrt(1.0 - sched.alpha_bar[idx]).astype(x.dtype)
+    return to_eps(target, apply(params, x, i, y, config), x, a, s)
 
 
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
@@ -137,23 +138,43 @@ def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10):
 
 
 def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_size=200,
-           spacing="leading", progress=None):
+           spacing="leading", progress=None, workers=1):
     """Images for ``labels`` by deterministic DDIM over ``steps`` steps with guidance ``w``,
     predicted ``x0`` clipped to the pixel range at every step (``ddpm.ddim_sample``'s
-    ``clip_x0``); returns float32 ``(N, 1, 28, 28)`` in ``[-1, 1]``."""
-    sched = ddpm.schedule("linear")
-    out = []
+    ``clip_x0``); returns float32 ``(N, 1, 28, 28)`` in ``[-1, 1]``.
+
+    The starting noise is drawn for all ``labels`` at once, so the images do not depend on how
+    they are batched: ``workers > 1`` splits them over that many one-thread processes
+    (``parallel.map_in_processes``; about 1.8x the throughput of one two-thread process on 2
+    cores) and gives the same images up to float32 rounding. ``progress(k)`` is called after
+    each batch of ``k`` images."""
     labels = onp.asarray(labels)
-    for start in range(0, len(labels), batch_size):
-        y = labels[start:start + batch_size]
-        z = rng.standard_normal((len(y), config.in_channels, config.resolution,
-                                 config.resolution)).astype(onp.float32)
-        x = ddpm.ddim_sample(guided_eps(apply, params, config, y, guidance), sched, z,
-                             steps=steps, spacing=spacing, clip_x0=(-1.0, 1.0))
-        out.append(onp.clip(x, -1.0, 1.0).astype(onp.float32))
-        if progress is not None:
-            progress(len(y))
+    z = rng.standard_normal((len(labels), config.in_channels, config.resolution,
+                             config.resolution)).astype(onp.float32)
+    chunks = max(1, -(-len(labels) // batch_size))
+    if workers > 1:
+        chunks = workers * -(-chunks // workers)  # whole rounds: every worker equally busy
+    pieces = list(zip(onp.array_split(labels, chunks), onp.array_split(z, chunks), strict=True))
+    run = functools.partial(_sample_batch, apply, params, config, steps, guidance, spacing)
+    report = None if progress is None else (lambda x: progress(len(x)))
+    if workers == 1:
+        out = []
+        for y, noise in pieces:
+            out.append(run(y, noise))
+            if report is not None:
+                report(out[-1])
+    else:
+        from .parallel import map_in_processes
+
+        out = map_in_processes(run, pieces, workers, callback=report)
     return onp.concatenate(out)
+
+
+def _sample_batch(apply, params, config, steps, guidance, spacing, labels, z):
+    x = ddpm.ddim_sample(guided_eps(apply, params, config, labels, guidance),
+                         ddpm.schedule("linear"), z, steps=steps, spacing=spacing,
+                         clip_x0=(-1.0, 1.0))
+    return onp.clip(x, -1.0, 1.0).astype(onp.float32)
 
 
 def to_uint8(x):

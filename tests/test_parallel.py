@@ -114,3 +114,19 @@ def test_lr_schedule_warms_up_holds_and_cools_down():
     with pytest.raises(ValueError, match="`cooldown` must be a non-negative integer"):
         next(train.train(lambda p, b: 0.0, train.init_state({"w": np.zeros(1)}, 0),
                          lambda r: {}, 3, cooldown=-1))
+
+
+def test_map_in_processes_keeps_order_and_reports_worker_errors():
+    import operator
+
+    from minidiff.parallel import map_in_processes
+
+    seen = []
+    got = map_in_processes(operator.mul, [(k, 10) for k in range(5)], workers=2,
+                           callback=seen.append)
+    assert got == seen == [0, 10, 20, 30, 40]
+    assert map_in_processes(operator.neg, [(3,)], workers=4) == [-3]  # one item, one worker
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        map_in_processes(operator.truediv, [(1, 1), (1, 0)], workers=2)
+    with pytest.raises(ValueError, match="`workers`"):
+        map_in_processes(operator.neg, [(1,)], workers=0)
