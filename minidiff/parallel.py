@@ -18,6 +18,9 @@ and each ``grad L_k`` can be computed anywhere. ``DataParallel`` is a drop-in fo
 through a pipe, about 5 MB for the U-Net), sends each one its shard, and adds the gradients up in
 a fixed order, so a run is as deterministic as a single-process one (but not bit-identical to it:
 the additions happen in another order).
+
+Work with no sum to form — sampling batches of images — needs only a map: ``map_in_processes``
+runs ``fn(*args)`` for each item in the same kind of one-thread worker.
 """
 
 import os
