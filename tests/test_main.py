@@ -63,3 +63,24 @@ def test_train_with_workers_cooldown_and_v_target_records_them(tmp_path):
     apply, _, _, meta = pipeline.load_model(out)
     assert (meta["workers"], meta["cooldown"], meta["steps"]) == (2, 1, 2)
     assert meta["target"] == "v" and apply is not dit.apply  # wrapped into a noise predictor
+
+
+def test_sample_with_workers_then_evaluate_from_the_command_line(tmp_path, capsys):
+    # A tiny untrained 28x28 U-Net is enough to run the two commands end to end: the file
+    # holds uint8 images and balanced labels, and evaluate prints FD, agreement and the spread.
+    import numpy as np
+
+    from minidiff import pipeline
+    from minidiff.models import unet
+
+    cfg = unet.UNetConfig(channels=(4, 8), attention_levels=(1,), head_channels=4, groups=2)
+    weights, samples = tmp_path / "tiny.npz", tmp_path / "s.npz"
+    pipeline.save_model(weights, unet.init(np.random.default_rng(0), cfg), cfg)
+    assert main(["sample", "--weights", str(weights), "--n", "20", "--steps", "2",
+                 "--workers", "2", "--out", str(samples)]) == 0
+    images, labels = pipeline.load_samples(samples)
+    assert images.shape == (20, 28, 28) and list(np.bincount(labels)) == [2] * 10
+    assert main(["evaluate", str(samples), "--classifier",
+                 str(PACKAGE.parent / "data/weights/classifier_mnist.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "20 samples: FD-MNIST" in out and "between classes" in out
