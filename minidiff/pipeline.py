@@ -147,7 +147,10 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
     they are batched: ``workers > 1`` splits them over that many one-thread processes
     (``parallel.map_in_processes``; about 1.8x the throughput of one two-thread process on 2
     cores) and gives the same images up to float32 rounding. ``progress(k)`` is called after
-    each batch of ``k`` images."""
+    each batch of ``k`` images. Batches hold at most ``batch_size`` images (``numpy.array_split``
+    sizes; with workers, a whole number of rounds)."""
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"`workers` must be a positive integer (got {workers!r})")
     labels = onp.asarray(labels)
     z = rng.standard_normal((len(labels), config.in_channels, config.resolution,
                              config.resolution)).astype(onp.float32)

@@ -66,6 +66,8 @@ def test_samples_do_not_depend_on_batching_or_workers(tiny_params):
     assert sum(seen) == 7 and len(seen) == 4  # 7 images in 2 rounds of 2 workers
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
     assert not np.array_equal(one[0], one[1])
+    with pytest.raises(ValueError, match="`workers`"):
+        pipeline.sample(apply, tiny_params, TINY, labels, np.random.default_rng(0), workers=0)
 
 
 def test_sample_files_round_trip_and_refuse_bad_content(tmp_path, rng):
