@@ -83,20 +83,33 @@ def dsm_loss(score_model):
     return loss
 
 
+def posterior_weights(prior_samples, xt, alpha, sigma):
+    """The posterior over a finite set of clean points: for ``x0`` uniform on ``prior_samples
+    (M, D)`` and ``x_t = alpha x0 + sigma eps``, ``w_nm = P(x0 = x0_m | x_t = xt_n)``
+    ``∝ N(xt_n; alpha x0_m, sigma² I)``. Returns ``(N, M)``, each row summing to one: float32
+    when both arrays are float32 (images), float64 otherwise.
+
+    The squared distance is expanded, ``|xt - alpha x0|² = |xt|² - 2 alpha xt·x0 + alpha² |x0|²``,
+    and ``|xt|²`` dropped (it is the same for every ``m``, so the normalisation removes it): one
+    matrix product instead of an ``(N, M, D)`` array of differences."""
+    x0, xt = onp.asarray(prior_samples), onp.asarray(xt)
+    dtype = onp.float32 if x0.dtype == xt.dtype == onp.float32 else onp.float64
+    x0, xt, alpha, sigma = x0.astype(dtype), xt.astype(dtype), float(alpha), float(sigma)
+    logw = (alpha * (xt @ x0.T) - 0.5 * alpha**2 * onp.sum(x0**2, axis=1)) / sigma**2  # (N, M)
+    w = onp.exp(logw - logw.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
 def posterior_mean_importance(prior_samples, xt, alpha, sigma):
     """Monte Carlo ``E[x0 | x_t]`` by self-normalised importance sampling, with its standard error.
 
-    ``prior_samples: (M, D)`` draws of ``x0``; weights ``w_m ∝ N(x_t; alpha x0_m, sigma² I)``.
-    Returns ``(mean, stderr)``, each ``(N, D)``; the standard error is the delta-method one,
-    ``sqrt(sum_m w_m² (x0_m - mean)²)`` with normalised weights (Owen 2013, sec. 9.2).
-    An estimate that uses no score at all: the check on Tweedie's formula.
+    ``prior_samples: (M, D)`` draws of ``x0``; weights ``w_m ∝ N(x_t; alpha x0_m, sigma² I)``
+    (``posterior_weights``). Returns ``(mean, stderr)``, each ``(N, D)``; the standard error is the
+    delta-method one, ``sqrt(sum_m w_m² (x0_m - mean)²)`` with normalised weights (Owen 2013,
+    sec. 9.2). An estimate that uses no score at all: the check on Tweedie's formula.
     """
     x0 = onp.asarray(prior_samples, dtype=onp.float64)
-    xt = onp.asarray(xt, dtype=onp.float64)
-    d2 = ((xt[:, None, :] - alpha * x0[None]) ** 2).sum(-1)  # (N, M)
-    logw = -0.5 * d2 / sigma**2
-    w = onp.exp(logw - logw.max(axis=1, keepdims=True))
-    w /= w.sum(axis=1, keepdims=True)
+    w = posterior_weights(x0, xt, alpha, sigma)
     est = w @ x0  # (N, D)
     var = onp.einsum("nm,nmd->nd", w**2, (x0[None] - est[:, None]) ** 2)
     return est, onp.sqrt(var)
