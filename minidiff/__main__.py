@@ -255,7 +255,16 @@ def cmd_sample(args):
     from .nn.memory import keep_freed_memory
 
     keep_freed_memory()
-    apply, params, cfg, _ = pipeline.load_model(args.weights)
+    if args.ideal:
+        from .datasets import mnist
+        from .models import ideal
+
+        if args.workers != 1:
+            raise SystemExit("--ideal runs in one process (its matrix products already use every "
+                             f"core; got --workers {args.workers})")
+        apply, params, cfg = ideal.apply, ideal.init(*mnist("train")), ideal.IdealConfig()
+    else:
+        apply, params, cfg, _ = pipeline.load_model(args.weights)
     labels = np.repeat(np.arange(10), args.n // 10)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
@@ -346,6 +355,9 @@ def main(argv=None):
     sa.add_argument("--workers", type=int, default=1,
                     help="processes sharing the batches, one BLAS thread each (default 1; the "
                          "images are the same up to float32 rounding)")
+    sa.add_argument("--ideal", action="store_true",
+                    help="sample the ideal denoiser of the 60,000 training digits (the exact "
+                         "posterior mean; models/ideal.py) instead of --weights: the yardstick")
     sa.add_argument("--out", required=True)
     ev = sub.add_parser("evaluate", help="FD-MNIST and class agreement of an .npz of samples")
     ev.add_argument("samples")

@@ -84,3 +84,23 @@ def test_sample_with_workers_then_evaluate_from_the_command_line(tmp_path, capsy
                  str(PACKAGE.parent / "data/weights/classifier_mnist.npz")]) == 0
     out = capsys.readouterr().out
     assert "20 samples: FD-MNIST" in out and "between classes" in out
+
+
+def test_sample_ideal_copies_training_digits_and_refuses_workers(tmp_path):
+    # `sample --ideal` samples the exact posterior mean of the training set (models/ideal.py):
+    # with 10 DDIM steps the last posterior (sigma = 0.01) sits on one training digit, so every
+    # sample is a training digit's exact pixels. It runs in one process only.
+    import numpy as np
+
+    from minidiff import pipeline
+    from minidiff.datasets import mnist
+
+    out = tmp_path / "ideal.npz"
+    assert main(["sample", "--ideal", "--n", "10", "--steps", "10", "--guidance", "1",
+                 "--out", str(out)]) == 0
+    images, labels = pipeline.load_samples(out)
+    train = pipeline.to_uint8(mnist("train")[0][:, 0]).reshape(60_000, -1).astype(np.int32)
+    flat = images.reshape(10, -1).astype(np.int32)
+    assert all(np.any(np.all(train == row, axis=1)) for row in flat)
+    with pytest.raises(SystemExit, match="one process"):
+        main(["sample", "--ideal", "--workers", "2", "--out", str(out)])
