@@ -7,9 +7,10 @@ minimised by the exact posterior mean over that set (Tweedie, chapter 2), which 
     E[x0 | x_t] = sum_m w_m x0_m,    w_m ∝ N(x_t; alpha x0_m, sigma² I)
     eps_hat     = (x_t - alpha E[x0 | x_t]) / sigma
 
-(the weights are ``dsm.posterior_weights``) with ``alpha = sqrt(alpha_bar_i)``, ``sigma = sqrt(1 - alpha_bar_i)`` on the DDPM schedule. With a
-class label the sum runs over that class's images only; the null label (``num_classes``) sums
-over all of them, so ``apply`` plugs into the same classifier-free guidance as the U-Net.
+(the weights are ``dsm.posterior_weights``) with ``alpha = sqrt(alpha_bar_i)``,
+``sigma = sqrt(1 - alpha_bar_i)`` on the DDPM schedule. With a class label the sum runs over that
+class's images only; the null label (``num_classes``) sums over all of them, so ``apply`` plugs
+into the same classifier-free guidance as the U-Net.
 
 It is a perfect score network *for the training set*, and therefore a memoriser: at low noise the
 posterior collapses onto the nearest training image, and the probability-flow ODE ends on training
