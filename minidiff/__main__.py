@@ -268,10 +268,12 @@ def cmd_sample(args):
     labels = np.repeat(np.arange(10), args.n // 10)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
+    interval = None if args.guidance_interval is None else tuple(args.guidance_interval)
     x = pipeline.sample(apply, params, cfg, labels, rng, steps=args.steps,
-                        guidance=args.guidance, workers=args.workers)
+                        guidance=args.guidance, workers=args.workers, guidance_interval=interval)
     pipeline.save_samples(args.out, pipeline.to_uint8(x[:, 0]), labels)
-    print(f"{len(labels)} samples ({args.steps} DDIM steps, guidance {args.guidance}) in "
+    where = "" if interval is None else f" at steps {interval[0]} <= i < {interval[1]}"
+    print(f"{len(labels)} samples ({args.steps} DDIM steps, guidance {args.guidance}{where}) in "
           f"{time.perf_counter() - t0:.0f} s -> {args.out}")
     return 0
 
@@ -351,6 +353,9 @@ def main(argv=None):
     sa.add_argument("--n", type=int, default=1000)
     sa.add_argument("--steps", type=int, default=100)
     sa.add_argument("--guidance", type=float, default=2.0)
+    sa.add_argument("--guidance-interval", type=int, nargs=2, metavar=("LO", "HI"),
+                    default=None, help="guide only at DDPM steps LO <= i < HI, the conditional "
+                                       "model elsewhere (default: every step)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--workers", type=int, default=1,
                     help="processes sharing the batches, one BLAS thread each (default 1; the "

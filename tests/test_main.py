@@ -84,6 +84,9 @@ def test_sample_with_workers_then_evaluate_from_the_command_line(tmp_path, capsy
                  str(PACKAGE.parent / "data/weights/classifier_mnist.npz")]) == 0
     out = capsys.readouterr().out
     assert "20 samples: FD-MNIST" in out and "between classes" in out
+    assert main(["sample", "--weights", str(weights), "--n", "10", "--steps", "2",
+                 "--guidance-interval", "600", "1000", "--out", str(samples)]) == 0
+    assert "guidance 2.0 at steps 600 <= i < 1000" in capsys.readouterr().out
 
 
 def test_sample_ideal_copies_training_digits_and_refuses_workers(tmp_path):

@@ -42,6 +42,28 @@ def test_guidance_combines_conditional_and_unconditional(tiny_params, rng):
     np.testing.assert_allclose(guided, uncond + 2.5 * (cond - uncond), rtol=1e-4, atol=1e-5)
 
 
+def test_a_guidance_interval_guides_inside_it_and_conditions_outside(tiny_params, rng):
+    x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+    y = np.array([1, 5, 9])
+    cond = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=1.0)
+    full = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=2.5)
+    banded = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=2.5, interval=(30, 60))
+    for i, inside in [(29, False), (30, True), (59, True), (60, False)]:  # lo <= i < hi
+        assert np.array_equal(banded(x, i), (full if inside else cond)(x, i))
+    assert not np.allclose(full(x, 30), cond(x, 30))  # the two differ, so the check has teeth
+    # Sampling with an interval covering every step is plain guided sampling; an empty one is w = 1.
+    labels, kw = np.arange(4), dict(steps=3, guidance=2.5)
+    run = lambda **k: pipeline.sample(unet.apply, tiny_params, TINY, labels,  # noqa: E731
+                                      np.random.default_rng(0), **kw, **k)
+    assert np.array_equal(run(guidance_interval=(0, 1000)), run())
+    assert np.array_equal(run(guidance_interval=(500, 500)),
+                          pipeline.sample(unet.apply, tiny_params, TINY, labels,
+                                          np.random.default_rng(0), steps=3, guidance=1.0))
+    for bad in [(60, 30), (1, 2, 3), (-1, 5), (0.5, 2)]:
+        with pytest.raises(ValueError, match="guidance interval must be two step indices"):
+            run(guidance_interval=bad)
+
+
 def test_sampling_is_seeded_and_shaped(tiny_params):
     labels = np.arange(6) % 10
     a = pipeline.sample(unet.apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
