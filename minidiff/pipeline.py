@@ -146,8 +146,8 @@ def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10, inter
 def _check_interval(interval):
     if interval is None:
         return None
-    ok = len(interval) == 2 if isinstance(interval, (tuple, list)) else False
-    if not (ok and all(isinstance(v, (int, onp.integer)) for v in interval)
+    pair = isinstance(interval, (tuple, list)) and len(interval) == 2
+    if not (pair and all(isinstance(v, (int, onp.integer)) for v in interval)
             and 0 <= interval[0] <= interval[1]):
         raise ValueError(f"the guidance interval must be two step indices (lo, hi) with "
                          f"0 <= lo <= hi (got {interval!r})")
