@@ -339,11 +339,10 @@ plt.show()
 banded = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(1), steps=steps,
                          guidance=2.0, guidance_interval=(600, 1000))
 spread_banded = metrics.class_spread(metrics.classifier_features(clf, banded), labels)
-print(f"between / within classes, n = {len(labels)}:\n"
-      f"  guidance 2 at every step   {spread['between']:4.0f} / {spread['within']:.0f}\n"
-      f"  guidance 2 at i >= 600 only {spread_banded['between']:4.0f} / "
-      f"{spread_banded['within']:.0f}\n  test digits                {spread_real['between']:4.0f} / "
-      f"{spread_real['within']:.0f}")
+print(f"between / within classes, n = {len(labels)}:")
+for name, sp in [("guidance 2 at every step", spread), ("guidance 2 at i >= 600 only", spread_banded),
+                 ("test digits", spread_real)]:
+    print(f"  {name:28s} {sp['between']:4.0f} / {sp['within']:.0f}")
 
 # %% [markdown]
 # On the full protocol (README; `python -m minidiff sample --guidance-interval 600 1000`): FD
