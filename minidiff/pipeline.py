@@ -125,7 +125,7 @@ def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10, inter
     unconditional one. Both halves run as one batch of ``2N``.
 
     ``interval = (lo, hi)`` guides only at steps ``lo <= i < hi`` and uses the conditional model
-    (``w = 1``) at the others: a guidance interval (Kynkäänniemi et al. 2024, sec. 3, who find
+    (``w = 1``) at the others: a guidance interval (Kynkäänniemi et al. 2024, who find
     guidance harmful at the highest noise levels of ImageNet models and unnecessary at the
     lowest). ``None`` guides at every step."""
     labels = onp.asarray(labels)

@@ -31,6 +31,7 @@ import numpy as onp
 
 from .. import ddpm
 from ..dsm import posterior_weights
+from ..targets import eps_from_x0
 from . import check_images, labels_or_null
 
 
@@ -87,4 +88,4 @@ def apply(params, x, t, y=None, config=IdealConfig()):
             raise ValueError(f"class {c} has no images in `params`")
         x0_hat[rows] = posterior_weights(params["x0"][lo:hi], xt[rows], alpha, sigma) @ \
             params["x0"][lo:hi]
-    return ((xt - alpha * x0_hat) / sigma).reshape(x.shape).astype(x.dtype)
+    return eps_from_x0(x0_hat, xt, alpha, sigma).reshape(x.shape).astype(x.dtype)
