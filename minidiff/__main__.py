@@ -118,7 +118,7 @@ def cmd_train(args):
                                          batch_size=args.batch_size, lr=args.lr,
                                          warmup=args.warmup, cooldown=args.cooldown,
                                          target=args.target, weighting=args.weighting,
-                                         workers=args.workers,
+                                         p_uncond=args.p_uncond, workers=args.workers,
                                          checkpoint_path=ckpt,
                                          checkpoint_every=args.checkpoint_every,
                                          desc=f"{args.model} on MNIST")
@@ -131,7 +131,8 @@ def cmd_train(args):
                         seed=args.seed, commit=commit,
                         steps=state.step,
                         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                        cooldown=args.cooldown, workers=args.workers, command=command,
+                        cooldown=args.cooldown, p_uncond=args.p_uncond,
+                        workers=args.workers, command=command,
                         train_seconds_this_run=round(seconds, 1),
                         final_loss=float(losses[-100:].mean()) if len(losses) else None)
     print(f"saved the EMA weights to {args.out} after {state.step} steps "
@@ -320,6 +321,9 @@ def main(argv=None):
                     help="what the network predicts (default eps; sampling converts to eps)")
     tr.add_argument("--weighting", choices=["min_snr"], default=None,
                     help="loss weighting (default: L_simple, every step weighted 1)")
+    tr.add_argument("--p-uncond", type=float, default=0.1,
+                    help="probability that a training label is replaced by the null label, "
+                         "which trains the unconditional model guidance needs (default 0.1)")
     tr.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
     tr.add_argument("--num-res-blocks", type=int, default=1)
     tr.add_argument("--resblock-updown", action="store_true")

@@ -23,6 +23,8 @@ from .targets import target as regression_target
 def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1):
     """``batch_fn(rng)``: images ``x0``, labels ``y`` (replaced by ``null_label`` with
     probability ``p_uncond``), a step index ``i`` per image, the noise and ``x_t``."""
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"`p_uncond` must be a probability in [0, 1] (got {p_uncond})")
     images = onp.asarray(images, dtype=onp.float32)
 
     def batch_fn(rng):
@@ -90,15 +92,17 @@ def _converted_to_eps(apply, target, sched, params, x, i, y, config):
 
 
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
-                warmup=200, cooldown=0, target="eps", weighting=None, workers=1,
+                warmup=200, cooldown=0, target="eps", weighting=None, p_uncond=0.1, workers=1,
                 checkpoint_path=None, checkpoint_every=100, progress=True, desc="train"):
     """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
     ``denoising_loss`` on the linear schedule (``target`` eps: ``L_simple``, or v;
-    ``weighting="min_snr"``: Min-SNR-5), label dropout, Adam with ``warmup`` steps to ``lr``
-    (and, with ``cooldown``, a linear fall to zero over the last ``cooldown`` steps), gradient
-    norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1`` splits each batch over that many
-    processes (``parallel.DataParallel``). Returns ``(state, losses)``."""
-    batch_fn = mnist_batches(ddpm.schedule("linear"), images, labels, batch_size)
+    ``weighting="min_snr"``: Min-SNR-5), label dropout with probability ``p_uncond``, Adam
+    with ``warmup`` steps to ``lr`` (and, with ``cooldown``, a linear fall to zero over the last
+    ``cooldown`` steps), gradient norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1``
+    splits each batch over that many processes (``parallel.DataParallel``). Returns
+    ``(state, losses)``."""
+    batch_fn = mnist_batches(ddpm.schedule("linear"), images, labels, batch_size,
+                             p_uncond=p_uncond)
     loss = denoising_loss(arch.apply, config, target, weighting)
     kwargs = dict(lr=lr, warmup=warmup, cooldown=cooldown, clip=1.0, ema=0.999,
                   checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,

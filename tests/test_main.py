@@ -52,16 +52,17 @@ def test_train_dit_from_the_command_line_writes_loadable_weights(tmp_path, capsy
     assert "saved the EMA weights" in capsys.readouterr().out
 
 
-def test_train_with_workers_cooldown_and_v_target_records_them(tmp_path):
+def test_train_with_workers_cooldown_v_target_and_p_uncond_records_them(tmp_path):
     from minidiff import pipeline
     from minidiff.models import dit
 
     out, ckpt = tmp_path / "dit.npz", tmp_path / "dit_train.npz"
     assert main(["train", "dit", "--steps", "2", "--batch-size", "4", "--width", "16",
                  "--patch", "7", "--workers", "2", "--cooldown", "1", "--target", "v",
-                 "--out", str(out), "--checkpoint", str(ckpt)]) == 0
+                 "--p-uncond", "0.5", "--out", str(out), "--checkpoint", str(ckpt)]) == 0
     apply, _, _, meta = pipeline.load_model(out)
     assert (meta["workers"], meta["cooldown"], meta["steps"]) == (2, 1, 2)
+    assert meta["p_uncond"] == 0.5
     assert meta["target"] == "v" and apply is not dit.apply  # wrapped into a noise predictor
 
 

@@ -31,6 +31,21 @@ def test_batches_drop_labels_at_the_stated_rate(rng):
     assert abs(frac - 0.1) < 4 * np.sqrt(0.09 / 20_000)  # binomial standard error
 
 
+@pytest.mark.parametrize("p_uncond", [0.0, 1.0])
+def test_batches_at_the_ends_of_the_dropout_range(p_uncond, rng):
+    labels = rng.integers(0, 10, 50)
+    batch = pipeline.mnist_batches(ddpm.schedule("linear"), np.zeros((50, 1, 8, 8)), labels,
+                                   500, p_uncond=p_uncond)(rng)
+    assert np.all(batch["y"] == 10) if p_uncond == 1.0 else np.all(batch["y"] < 10)
+
+
+@pytest.mark.parametrize("p_uncond", [-0.1, 1.5])
+def test_batches_reject_a_dropout_rate_that_is_not_a_probability(p_uncond):
+    with pytest.raises(ValueError, match="p_uncond"):
+        pipeline.mnist_batches(ddpm.schedule("linear"), np.zeros((5, 1, 8, 8)), np.arange(5), 2,
+                               p_uncond=p_uncond)
+
+
 def test_guidance_combines_conditional_and_unconditional(tiny_params, rng):
     x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
     y = np.array([1, 5, 9])
