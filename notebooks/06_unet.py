@@ -302,9 +302,10 @@ plt.show()
 # %% [markdown]
 # It memorises: at the last steps the posterior sits on one training digit, so every sample is a
 # copy (distance ~0). The U-Net draws new digits — at guidance 2 even farther from every training
-# digit than unseen test digits are (full run: median 10.0 against 8.2). As a yardstick that is what we want —
-# copies of training digits are as good as real digits to FD, so whatever it loses comes from the
-# sampler and guidance alone. The full protocol (README; `python -m minidiff sample --ideal`):
+# digit than unseen test digits are (full run: median 10.0 against 8.2). As a yardstick that is
+# what we want — copies of training digits are as good as real digits to FD, so whatever it loses
+# comes from the sampler and guidance alone. The full protocol (README; `python -m minidiff sample
+# --ideal`):
 #
 # | 1,000 samples, 100 DDIM steps | FD-MNIST / real-vs-real | agreement | between / within |
 # |---|---|---|---|
@@ -353,12 +354,13 @@ for name, sp in [("guidance 2 at every step", spread), ("guidance 2 at i >= 600 
 
 # %% [markdown]
 # **Why the later steps.** Guidance adds $(w - 1)(\epsilon_c - \epsilon_u)$, and
-# $\epsilon_c - \epsilon_u = -\sigma \nabla_x \log p(c \mid x_t)$: the gradient of the class
-# posterior. Once the noise is low enough that the class is certain, $p(c \mid x_t) = 1$ in a whole
-# neighbourhood, its gradient is zero, and guidance has nothing left to add. The ideal denoiser
-# shows exactly that. The network was trained to match both $\epsilon_c$ and $\epsilon_u$
-# separately, and their difference at low noise is whatever its two errors leave over — which
-# guidance then doubles at every one of the remaining steps. Test digits noised to step $i$:
+# $\epsilon_c - \epsilon_u = -\sigma \nabla_x \log p(c \mid x_t)$ (Bayes' rule applied to the two
+# scores, as in Ho & Salimans 2022): the gradient of the class posterior. Once the noise is low
+# enough that the class is certain, $p(c \mid x_t)$ is 1 to many digits and flat around $x_t$, its
+# gradient is about zero, and guidance has nothing left to add. The ideal denoiser shows that. The
+# network was trained to match both $\epsilon_c$ and $\epsilon_u$ separately, and their difference
+# at low noise is whatever its two errors leave over — which guidance then doubles at every one of
+# the remaining steps. Test digits noised to step $i$:
 
 # %%
 sched = ddpm.schedule("linear")
@@ -378,13 +380,13 @@ for i in (100, 300, 500, 700):
     print(f"  i = {i}: ideal denoiser {gap['ideal', i]:.3f}   shipped U-Net {gap['U-Net', i]:.2f}")
 
 # %% [markdown]
-# At steps 100 and 300 the ideal denoiser's difference is exactly zero: the class is decided. The
-# network's is about 0.8-1.2 (the norm over 784 pixels of an $\epsilon$ whose own norm is 28), and
-# guidance doubles it at each of the 30 or so steps left below $i = 300$; at $i = 700$, where the
-# class is still being decided, the two agree. That is the overshoot the interval avoids, and it
-# is a property of the trained network, not of guidance. It shrinks slowly: training 50% longer
-# (3,000 steps) takes the median at $i = 100$ from 0.82 to 0.72 on 200 digits, and the guided FD
-# with it barely moves (README).
+# At steps 100 and 300 the ideal denoiser's difference is zero to three decimals: the class is
+# decided. The network's is about 0.8-1.2 (the norm over 784 pixels of an $\epsilon$ whose own
+# norm is 28), and guidance doubles it at each of the 30 or so steps left below $i = 300$; at
+# $i = 700$, where the class is still being decided, the two agree. That is the overshoot the
+# interval avoids, and it is a property of the trained network, not of guidance. It shrinks
+# slowly: training 50% longer (3,000 steps) takes the median at $i = 100$ from 0.82 to 0.72 on 200
+# digits, and the guided FD with it barely moves (README).
 
 # %% [markdown]
 # ## 6. Making NumPy fast enough: what was measured
