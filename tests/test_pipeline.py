@@ -39,6 +39,26 @@ def test_batches_at_the_ends_of_the_dropout_range(p_uncond, rng):
     assert np.all(batch["y"] == 10) if p_uncond == 1.0 else np.all(batch["y"] < 10)
 
 
+@pytest.mark.parametrize("p_uncond", [0.0, 1.0])
+def test_train_mnist_drops_labels_at_the_rate_it_is_given(p_uncond, rng):
+    # A class's embedding row gets a gradient only from images with that label. Every label
+    # dropped: the class rows stay exactly where they started and the null row moves; none
+    # dropped: the null row stays and the drawn classes' rows move.
+    from minidiff import train
+    images = rng.uniform(-1, 1, (32, 1, 8, 8)).astype(np.float32)
+    labels = np.arange(32) % TINY.num_classes
+    start = unet.init(np.random.default_rng(0), TINY)
+    state, _ = pipeline.train_mnist(unet, TINY, train.init_state(start, 0), images, labels, 3,
+                                    batch_size=16, lr=1e-2, warmup=0, p_uncond=p_uncond,
+                                    progress=False)
+    moved = np.abs(state.params["class_emb"] - start["class_emb"]).max(axis=1)  # per row
+    null_moved, classes_moved = moved[-1] > 1e-4, moved[:-1] > 1e-4
+    if p_uncond == 1.0:
+        assert null_moved and not classes_moved.any()
+    else:
+        assert not null_moved and classes_moved.sum() >= 5  # 48 draws need not hit all ten
+
+
 @pytest.mark.parametrize("p_uncond", [-0.1, 1.5])
 def test_batches_reject_a_dropout_rate_that_is_not_a_probability(p_uncond):
     with pytest.raises(ValueError, match="p_uncond"):
