@@ -48,9 +48,10 @@ def _scored_sample(model, clf, per_class, steps, workers=1):
 
 # Quick-protocol bounds (100 images, 20 DDIM steps, guidance 2, seed 0), from the measured values
 # of these exact seeded runs with room for other BLAS builds:
-# - U-Net: agreement 1.00, FD-MNIST 58.6 against a real-vs-real 38.8 at n = 100 (ratio 1.51;
-#   unguided 0.91 and 1.20); the first shipped run, whose class embedding started at 0.02 scale,
-#   measured 0.44 and 2.51.
+# - U-Net: agreement 1.00, FD-MNIST 50.4 against a real-vs-real 38.8 at n = 100 (ratio 1.30;
+#   unguided 0.86 and 1.30); the same recipe with a tenth of the labels dropped instead of half
+#   measured 1.00 and 1.51, and the first shipped run, whose class embedding started at 0.02
+#   scale, 0.44 and 2.51.
 # - DiT: agreement 0.97, FD-MNIST 52.5 against 38.8 (ratio 1.35); the same DiT trained without
 #   Min-SNR weighting measured 0.92 and 1.44, and after 600 steps 0.1 and 9.7.
 # Both bounds, agreement >= 0.9 and ratio < 2.0, fail the weaker runs named here.
@@ -68,8 +69,8 @@ def test_small_seeded_sample_of_a_shipped_model(weights, shipped):
 def test_full_evaluation_of_the_shipped_unet(shipped):
     model, (clf, _) = shipped
     x, labels, r = _scored_sample(model, clf, per_class=100, steps=100, workers=2)
-    # Measured 2026-11-27: FD-MNIST 22.21 against 4.73 (ratio 4.70: the 2.5x target is missed;
-    # unguided, the same model's ratio is 2.41), class agreement 0.995 (target met).
+    # Measured 2026-11-27: FD-MNIST 15.03 against 4.73 (ratio 3.18: the 2.5x target is missed;
+    # unguided, the same model's ratio is 2.67), class agreement 0.983 (target met).
     assert r["fd"] <= 2.5 * r["fd_real"], r
     assert r["agreement"] >= 0.97, r
     assert metrics.class_agreement(clf, x, labels) == r["agreement"]
