@@ -135,10 +135,10 @@ print("output shape", out.shape, "| untrained output is all zeros:", bool(np.all
 #
 # The objective is DDPM's $L_\text{simple}$ (chapter 3) with labels dropped to the null class
 # (`pipeline.mnist_batches`; half of the time in the shipped recipe, `--p-uncond 0.5`, where a
-# tenth is the common choice: section 5 says why), trained by the shared loop with warm-up, clipping, a
-# warmed-up EMA and a linear fall of the learning rate to zero over the last fifth of the run
-# (`--cooldown`), each batch split over two worker processes (`--workers 2`, section 6). A full
-# run is the command stored with the weights; the notebook loads them.
+# tenth is the common choice: section 5 says why), trained by the shared loop with warm-up,
+# clipping, a warmed-up EMA and a linear fall of the learning rate to zero over the last fifth of
+# the run (`--cooldown`), each batch split over two worker processes (`--workers 2`, section 6).
+# A full run is the command stored with the weights; the notebook loads them.
 
 # %%
 apply, params, cfg, meta = pipeline.load_model("../data/weights/unet_mnist.npz")
@@ -307,10 +307,10 @@ plt.show()
 # %% [markdown]
 # It memorises: at the last steps the posterior sits on one training digit, so every sample is a
 # copy (distance ~0). The U-Net draws new digits — at guidance 2 even farther from every training
-# digit than unseen test digits are (full run: median 10.1 against 8.8 for 1,000 test digits). As a yardstick that is
-# what we want — copies of training digits are as good as real digits to FD, so whatever it loses
-# comes from the sampler and guidance alone. The full protocol (README; `python -m minidiff sample
-# --ideal`):
+# digit than unseen test digits are (full run: median 10.1 against 8.8 for 1,000 test digits).
+# As a yardstick that is what we want — copies of training digits are as good as real digits to
+# FD, so whatever it loses comes from the sampler and guidance alone. The full protocol (README;
+# `python -m minidiff sample --ideal`):
 #
 # | 1,000 samples, 100 DDIM steps | FD-MNIST / real-vs-real | agreement | between / within |
 # |---|---|---|---|
@@ -356,8 +356,8 @@ for name, sp in [("guidance 2 at every step", spread), ("guidance 2 at i >= 600 
 # %% [markdown]
 # On the full protocol, for the model shipped before this one (10% label dropout; README;
 # `python -m minidiff sample --guidance-interval 600 1000`): FD ratio 1.86 and the test digits'
-# spread (between 528, within 227), but 95.7% agreement, under
-# the chapter's 97%; from step 450 on: ratio 3.15 and 98.2%. The chapter's protocol guides at
+# spread (between 528, within 227), but 95.7% agreement, under the chapter's 97%; from step 450
+# on: ratio 3.15 and 98.2%. The chapter's protocol guides at
 # every step; the interval shows *where* this network's guided samples leave the data — at the
 # later steps, after the class is already decided.
 
