@@ -54,15 +54,21 @@ def _scored_sample(model, clf, per_class, steps, workers=1):
 #   scale, 0.44 and 2.51.
 # - DiT: agreement 0.97, FD-MNIST 52.5 against 38.8 (ratio 1.35); the same DiT trained without
 #   Min-SNR weighting measured 0.92 and 1.44, and after 600 steps 0.1 and 9.7.
-# Both bounds, agreement >= 0.9 and ratio < 2.0, fail the weaker runs named here.
+# Each model's bounds fail the weaker runs named beside it: the U-Net's ratio < 1.45 (11% above its
+# 1.30) fails the 10%-dropout run's 1.51; the DiT's agreement >= 0.95 (the chapter's target) fails
+# the run without Min-SNR (0.92). Agreement >= 0.95 and ratio < 2.0 otherwise.
+QUICK_BOUNDS = {WEIGHTS: (0.95, 1.45), DIT_WEIGHTS: (0.95, 2.0)}  # (min agreement, max FD ratio)
+
+
 @pytest.mark.parametrize("weights", [WEIGHTS, DIT_WEIGHTS])
 def test_small_seeded_sample_of_a_shipped_model(weights, shipped):
     _, (clf, _) = shipped
     model = pipeline.load_model(weights)
     assert model[3]["train_seconds_this_run"] <= 30 * 60  # the issues' training budget
     _, _, r = _scored_sample(model, clf, per_class=10, steps=20)
-    assert r["agreement"] >= 0.9, r
-    assert r["fd"] / r["fd_real"] < 2.0, r
+    min_agreement, max_ratio = QUICK_BOUNDS[weights]
+    assert r["agreement"] >= min_agreement, r
+    assert r["fd"] / r["fd_real"] < max_ratio, r
 
 
 @pytest.mark.slow
