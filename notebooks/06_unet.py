@@ -409,10 +409,10 @@ for i in (100, 300, 500, 700):
 # by about 2 (the shipped command with seed 1: 25.6 against seed 0's 23.5), as much as the rows
 # from 0.2 to 0.7 differ there; on the full protocol it moved the ratio only from 3.18 to 3.26,
 # so the full-protocol column is the one to read. And with half the labels dropped, the two
-# changes that made the conditional model better on its own (Min-SNR weighting, twice the
-# learning rate) made the guided samples worse (27.5 and 27.2 on 300 samples), as training
-# longer did with a tenth: at a fixed guidance of 2, a stronger conditional model is pushed
-# further past the data.
+# changes that made the conditional model better on its own (Min-SNR-5 weighting, Hang et al.
+# 2023, eq. (9); twice the learning rate) made the guided samples worse (27.5 and 27.2 on 300
+# samples), as training longer did with a tenth: at a fixed guidance of 2, a stronger
+# conditional model is pushed further past the data.
 
 # %% [markdown]
 # ## 6. Making NumPy fast enough: what was measured
