@@ -96,6 +96,9 @@ def cmd_train(args):
     from .nn.memory import keep_freed_memory
 
     keep_freed_memory()
+    if args.paired and args.p_uncond != 0.5:
+        raise SystemExit("--paired drops exactly half of the labels: it needs --p-uncond 0.5 "
+                         f"(got --p-uncond {args.p_uncond})")
     if args.model == "dit":
         from .models import dit as arch
         cfg = arch.DiTConfig(patch=args.patch, width=args.width, depth=args.depth,
@@ -119,7 +122,7 @@ def cmd_train(args):
                                          warmup=args.warmup, cooldown=args.cooldown,
                                          target=args.target, weighting=args.weighting,
                                          p_uncond=args.p_uncond, workers=args.workers,
-                                         checkpoint_path=ckpt,
+                                         paired=args.paired, checkpoint_path=ckpt,
                                          checkpoint_every=args.checkpoint_every,
                                          desc=f"{args.model} on MNIST")
     seconds = elapsed + time.perf_counter() - t0
@@ -131,7 +134,7 @@ def cmd_train(args):
                         seed=args.seed, commit=commit,
                         steps=state.step,
                         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                        cooldown=args.cooldown, p_uncond=args.p_uncond,
+                        cooldown=args.cooldown, p_uncond=args.p_uncond, paired=args.paired,
                         workers=args.workers, command=command,
                         train_seconds_this_run=round(seconds, 1),
                         final_loss=float(losses[-100:].mean()) if len(losses) else None)
@@ -324,6 +327,9 @@ def main(argv=None):
     tr.add_argument("--p-uncond", type=float, default=0.1,
                     help="probability that a training label is replaced by the null label, "
                          "which trains the unconditional model guidance needs (default 0.1)")
+    tr.add_argument("--paired", action="store_true",
+                    help="with --p-uncond 0.5: each image in the batch twice, with its label and "
+                         "with the null label, at the same step and noise")
     tr.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
     tr.add_argument("--num-res-blocks", type=int, default=1)
     tr.add_argument("--resblock-updown", action="store_true")

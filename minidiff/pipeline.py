@@ -20,14 +20,38 @@ from .targets import min_snr_weight, to_eps
 from .targets import target as regression_target
 
 
-def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1):
+def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1,
+                  paired=False):
     """``batch_fn(rng)``: images ``x0``, labels ``y`` (replaced by ``null_label`` with
-    probability ``p_uncond``), a step index ``i`` per image, the noise and ``x_t``."""
+    probability ``p_uncond``), a step index ``i`` per image, the noise and ``x_t``.
+
+    ``paired=True`` (with ``p_uncond = 0.5``, the rate it implies) draws ``batch_size / 2``
+    images, steps and noises and puts each in the batch twice: first half with its label, second
+    half with the null label. The expected loss is that of dropping half the labels at random,
+    but the conditional and unconditional predictions are regressed on the same ``x_t`` and the
+    same noise, so the noise largely cancels from what the network learns of their difference
+    (the quantity guidance amplifies)."""
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"`p_uncond` must be a probability in [0, 1] (got {p_uncond})")
+    if paired and (p_uncond != 0.5 or batch_size % 2):
+        raise ValueError("paired label dropout puts every image in the batch twice, once with the "
+                         "null label: it needs `p_uncond` = 0.5 and an even `batch_size` (got "
+                         f"p_uncond={p_uncond}, batch_size={batch_size})")
     images = onp.asarray(images, dtype=onp.float32)
 
+    def draw(rng, n):
+        idx = rng.integers(0, images.shape[0], size=n)
+        i = rng.integers(0, sched.T, size=n)
+        eps = rng.standard_normal(images[idx].shape, dtype=onp.float32)
+        xt = ddpm.q_sample(sched, images[idx], i, eps).astype(onp.float32)
+        return {"xt": xt, "i": i, "y": labels[idx], "eps": eps, "x0": images[idx]}
+
     def batch_fn(rng):
+        if paired:
+            b = draw(rng, batch_size // 2)
+            twice = {k: onp.concatenate([v, v]) for k, v in b.items()}
+            twice["y"] = onp.concatenate([b["y"], onp.full_like(b["y"], null_label)])
+            return twice
         idx = rng.integers(0, images.shape[0], size=batch_size)
         y = onp.where(rng.uniform(size=batch_size) < p_uncond, null_label, labels[idx])
         i = rng.integers(0, sched.T, size=batch_size)
@@ -92,17 +116,19 @@ def _converted_to_eps(apply, target, sched, params, x, i, y, config):
 
 
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
-                warmup=200, cooldown=0, target="eps", weighting=None, p_uncond=0.1, workers=1,
-                checkpoint_path=None, checkpoint_every=100, progress=True, desc="train"):
+                warmup=200, cooldown=0, target="eps", weighting=None, p_uncond=0.1,
+                paired=False, workers=1, checkpoint_path=None, checkpoint_every=100,
+                progress=True, desc="train"):
     """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
     ``denoising_loss`` on the linear schedule (``target`` eps: ``L_simple``, or v;
-    ``weighting="min_snr"``: Min-SNR-5), label dropout with probability ``p_uncond``, Adam
+    ``weighting="min_snr"``: Min-SNR-5), label dropout with probability ``p_uncond`` (``paired``:
+    every image with and without its label, ``mnist_batches``), Adam
     with ``warmup`` steps to ``lr`` (and, with ``cooldown``, a linear fall to zero over the last
     ``cooldown`` steps), gradient norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1``
     splits each batch over that many processes (``parallel.DataParallel``). Returns
     ``(state, losses)``."""
     batch_fn = mnist_batches(ddpm.schedule("linear"), images, labels, batch_size,
-                             p_uncond=p_uncond)
+                             p_uncond=p_uncond, paired=paired)
     loss = denoising_loss(arch.apply, config, target, weighting)
     kwargs = dict(lr=lr, warmup=warmup, cooldown=cooldown, clip=1.0, ema=0.999,
                   checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,

@@ -62,8 +62,21 @@ def test_train_with_workers_cooldown_v_target_and_p_uncond_records_them(tmp_path
                  "--p-uncond", "0.5", "--out", str(out), "--checkpoint", str(ckpt)]) == 0
     apply, _, _, meta = pipeline.load_model(out)
     assert (meta["workers"], meta["cooldown"], meta["steps"]) == (2, 1, 2)
-    assert meta["p_uncond"] == 0.5
+    assert meta["p_uncond"] == 0.5 and meta["paired"] is False
     assert meta["target"] == "v" and apply is not dit.apply  # wrapped into a noise predictor
+
+
+def test_train_paired_records_it_and_needs_half_dropped(tmp_path):
+    from minidiff import pipeline
+
+    out, ckpt = tmp_path / "dit.npz", tmp_path / "dit_train.npz"
+    common = ["train", "dit", "--steps", "1", "--batch-size", "4", "--width", "16", "--patch", "7",
+              "--paired", "--out", str(out), "--checkpoint", str(ckpt)]
+    with pytest.raises(SystemExit, match="--paired .* needs --p-uncond 0.5 .got --p-uncond 0.1"):
+        main(common)
+    assert main(common + ["--p-uncond", "0.5"]) == 0
+    _, _, _, meta = pipeline.load_model(out)
+    assert meta["paired"] is True and meta["p_uncond"] == 0.5
 
 
 def test_sample_with_workers_then_evaluate_from_the_command_line(tmp_path, capsys):

@@ -66,6 +66,42 @@ def test_batches_reject_a_dropout_rate_that_is_not_a_probability(p_uncond):
                                p_uncond=p_uncond)
 
 
+def test_paired_batches_hold_each_image_with_and_without_its_label(rng):
+    images = rng.standard_normal((50, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 50)
+    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, labels, 64, p_uncond=0.5,
+                                   paired=True)(rng)
+    first, second = (slice(0, 32), slice(32, 64))
+    for key in ("xt", "i", "eps", "x0"):  # the same draw twice: same image, step and noise
+        assert np.array_equal(batch[key][first], batch[key][second]), key
+    assert batch["xt"].dtype == np.float32 and batch["xt"].shape == (64, 1, 8, 8)
+    assert np.all(batch["y"][second] == 10)
+    # the first half keeps each image's own label: find each x0 among the images
+    where = [np.flatnonzero((images == x).all(axis=(1, 2, 3)))[0] for x in batch["x0"][first]]
+    assert np.array_equal(batch["y"][first], labels[where])
+
+
+def test_paired_loss_is_the_mean_of_the_labelled_and_the_null_loss(tiny_params, rng):
+    # Exactly half the labels dropped, as p_uncond = 0.5 drops them on average: the paired
+    # batch's loss is the average of the same draws' loss with every label kept and with every
+    # label dropped, the two halves of the expected loss of random dropout at rate 0.5.
+    images = rng.uniform(-1, 1, (20, 1, 8, 8)).astype(np.float32)
+    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, np.arange(20) % 10, 16,
+                                   p_uncond=0.5, paired=True)(rng)
+    loss = pipeline.denoising_loss(unet.apply, TINY)
+    half = {k: v[:8] for k, v in batch.items()}
+    null = dict(half, y=np.full(8, 10))
+    assert loss(tiny_params, batch) == pytest.approx(
+        (loss(tiny_params, half) + loss(tiny_params, null)) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("p_uncond, batch_size", [(0.1, 64), (0.5, 7)])
+def test_paired_batches_need_half_dropped_and_an_even_batch(p_uncond, batch_size):
+    with pytest.raises(ValueError, match=f"p_uncond={p_uncond}, batch_size={batch_size}"):
+        pipeline.mnist_batches(ddpm.schedule("linear"), np.zeros((5, 1, 8, 8)), np.arange(5),
+                               batch_size, p_uncond=p_uncond, paired=True)
+
+
 def test_guidance_combines_conditional_and_unconditional(tiny_params, rng):
     x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
     y = np.array([1, 5, 9])
