@@ -39,25 +39,22 @@ def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1
                          f"p_uncond={p_uncond}, batch_size={batch_size})")
     images = onp.asarray(images, dtype=onp.float32)
 
-    def draw(rng, n):
+    def draw(rng, n, drop):
         idx = rng.integers(0, images.shape[0], size=n)
+        y = labels[idx] if drop is None else onp.where(rng.uniform(size=n) < drop, null_label,
+                                                        labels[idx])
         i = rng.integers(0, sched.T, size=n)
         eps = rng.standard_normal(images[idx].shape, dtype=onp.float32)
         xt = ddpm.q_sample(sched, images[idx], i, eps).astype(onp.float32)
-        return {"xt": xt, "i": i, "y": labels[idx], "eps": eps, "x0": images[idx]}
+        return {"xt": xt, "i": i, "y": y, "eps": eps, "x0": images[idx]}
 
     def batch_fn(rng):
-        if paired:
-            b = draw(rng, batch_size // 2)
-            twice = {k: onp.concatenate([v, v]) for k, v in b.items()}
-            twice["y"] = onp.concatenate([b["y"], onp.full_like(b["y"], null_label)])
-            return twice
-        idx = rng.integers(0, images.shape[0], size=batch_size)
-        y = onp.where(rng.uniform(size=batch_size) < p_uncond, null_label, labels[idx])
-        i = rng.integers(0, sched.T, size=batch_size)
-        eps = rng.standard_normal(images[idx].shape, dtype=onp.float32)
-        xt = ddpm.q_sample(sched, images[idx], i, eps).astype(onp.float32)
-        return {"xt": xt, "i": i, "y": y, "eps": eps, "x0": images[idx]}
+        if not paired:
+            return draw(rng, batch_size, p_uncond)
+        b = draw(rng, batch_size // 2, None)
+        twice = {k: onp.concatenate([v, v]) for k, v in b.items()}
+        twice["y"] = onp.concatenate([b["y"], onp.full_like(b["y"], null_label)])
+        return twice
     return batch_fn
 
 
