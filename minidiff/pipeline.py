@@ -30,7 +30,9 @@ def mnist_batches(sched, images, labels, batch_size, null_label=10, p_uncond=0.1
     half with the null label. The expected loss is that of dropping half the labels at random,
     but the conditional and unconditional predictions are regressed on the same ``x_t`` and the
     same noise, so the noise largely cancels from what the network learns of their difference
-    (the quantity guidance amplifies)."""
+    (the quantity guidance amplifies). A departure from Ho & Salimans 2022 (Algorithm 1 drops
+    each label independently), made here to test whether the network's low-noise
+    ``eps_c - eps_u`` is training noise (README, chapter 6: it is not)."""
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"`p_uncond` must be a probability in [0, 1] (got {p_uncond})")
     if paired and (p_uncond != 0.5 or batch_size % 2):

@@ -91,6 +91,7 @@ def test_paired_loss_is_the_mean_of_the_labelled_and_the_null_loss(tiny_params, 
     loss = pipeline.denoising_loss(unet.apply, TINY)
     half = {k: v[:8] for k, v in batch.items()}
     null = dict(half, y=np.full(8, 10))
+    assert abs(loss(tiny_params, half) - loss(tiny_params, null)) > 1e-4  # the label matters here
     assert loss(tiny_params, batch) == pytest.approx(
         (loss(tiny_params, half) + loss(tiny_params, null)) / 2, rel=1e-6)
 
