@@ -296,6 +296,9 @@ def cmd_evaluate(args):
     sp, sr = r["spread"], r["spread_real"]
     print(f"feature spread (law of total variance): between classes {sp['between']:.0f} (test "
           f"digits {sr['between']:.0f}), within a class {sp['within']:.0f} ({sr['within']:.0f})")
+    print(f"with each class's mean moved onto the test digits' class mean: FD-MNIST "
+          f"{r['fd_aligned']:.2f} (real-vs-real {r['fd_real_aligned']:.2f}); the rest of the FD "
+          "is where the class means sit")
     print("FD-MNIST is the Frechet distance on minidiff's MNIST classifier's features, not the "
           "Inception FID.")
     return 0

@@ -81,7 +81,8 @@ def test_train_paired_records_it_and_needs_half_dropped(tmp_path):
 
 def test_sample_with_workers_then_evaluate_from_the_command_line(tmp_path, capsys):
     # A tiny untrained 28x28 U-Net is enough to run the two commands end to end: the file
-    # holds uint8 images and balanced labels, and evaluate prints FD, agreement and the spread.
+    # holds uint8 images and balanced labels, and evaluate prints FD, agreement, the spread and
+    # FD with the class means aligned.
     import numpy as np
 
     from minidiff import pipeline
@@ -98,6 +99,7 @@ def test_sample_with_workers_then_evaluate_from_the_command_line(tmp_path, capsy
                  str(PACKAGE.parent / "data/weights/classifier_mnist.npz")]) == 0
     out = capsys.readouterr().out
     assert "20 samples: FD-MNIST" in out and "between classes" in out
+    assert "mean moved onto the test digits' class mean: FD-MNIST" in out
     assert main(["sample", "--weights", str(weights), "--n", "10", "--steps", "2",
                  "--guidance-interval", "600", "1000", "--out", str(samples)]) == 0
     assert "guidance 2.0 at steps 600 <= i < 1000" in capsys.readouterr().out

@@ -53,6 +53,51 @@ def test_class_spread_is_the_law_of_total_variance(rng):
         metrics.class_spread(f, labels[:-1])
 
 
+def test_fd_with_class_means_aligned_sees_only_the_shape_inside_each_class(rng):
+    # The reference: four classes of unequal size. Samples that are the reference's own points
+    # with every class moved by its own offset have FD well above zero, but once the class means
+    # are aligned they coincide with the reference: aligned FD 0, up to the rounding of one
+    # eigendecomposition (1e-9 of the trace is thousands of times that rounding). Moving one
+    # class of any sample set leaves the aligned FD unchanged (the mean it is moved onto is the
+    # same); a set whose class means already sit on the reference's is not changed by aligning.
+    labels = np.repeat([0, 1, 2, 5], [30, 70, 110, 190])
+    ref = rng.normal(size=(400, 6)) + 3.0 * rng.normal(size=(6, 6))[labels % 6]
+    trace = np.trace(np.cov(ref.T))
+    offsets = 2.0 * rng.normal(size=(6, 6))[labels % 6]
+    shifted = ref + offsets
+    fd = metrics.frechet_distance(shifted.mean(0), np.cov(shifted.T), ref.mean(0), np.cov(ref.T))
+    assert fd > 0.1 * trace
+    aligned = metrics.fd_class_means_aligned(shifted, labels, ref, labels)
+    assert aligned == pytest.approx(0.0, abs=1e-9 * trace)
+
+    other_labels = rng.permutation(labels)
+    other = 1.5 * rng.normal(size=(400, 6)) + 3.0 * rng.normal(size=(6, 6))[other_labels % 6]
+    base = metrics.fd_class_means_aligned(other, other_labels, ref, labels)
+    moved = other + np.where((other_labels == 2)[:, None], 7.0 * rng.normal(size=6), 0.0)
+    assert metrics.fd_class_means_aligned(moved, other_labels, ref, labels) == pytest.approx(
+        base, rel=1e-9)
+    assert base > 0.01 * trace  # the wider spread inside each class is still measured
+
+    centred = other.copy()
+    for c in np.unique(labels):
+        centred[other_labels == c] += ref[labels == c].mean(0) - other[other_labels == c].mean(0)
+    fd_centred = metrics.frechet_distance(centred.mean(0), np.cov(centred.T), ref.mean(0),
+                                          np.cov(ref.T))
+    assert metrics.fd_class_means_aligned(centred, other_labels, ref, labels) == pytest.approx(
+        fd_centred, rel=1e-9)
+
+
+def test_fd_with_class_means_aligned_rejects_bad_input(rng):
+    labels = np.repeat([0, 1, 2], 10)
+    f = rng.normal(size=(30, 4))
+    with pytest.raises(ValueError, match="`labels`"):
+        metrics.fd_class_means_aligned(f, labels[:-1], f, labels)
+    with pytest.raises(ValueError, match=r"`ref_features` must be \(M, 4\)"):
+        metrics.fd_class_means_aligned(f, labels, f[:, :3], labels)
+    with pytest.raises(ValueError, match=r"`ref_labels` has no example of the classes \[2\]"):
+        metrics.fd_class_means_aligned(f, labels, f[:20], labels[:20])
+
+
 def test_mmd_is_unbiased_under_the_null_and_detects_a_shift(rng):
     gm = datasets.gmm8()
     null = [metrics.mmd2(gm.sample(200, rng), gm.sample(200, rng)) for _ in range(30)]
