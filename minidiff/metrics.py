@@ -14,7 +14,8 @@ MNIST
   term through both (less within, more between); this says which way and how far.
 - ``fd_class_means_aligned``: FD once each class's features are moved so that the class mean sits
   on the reference's: what is left when only the shape inside each class differs. The drop from
-  FD says how much of it is where the class means sit (guidance moves them).
+  FD says how much of it is where the class means sit (guidance moves them). Biased upwards like
+  FD, by less: compare it with real digits aligned the same way at the same n.
 
 2D
 - ``mmd2``: squared maximum mean discrepancy with an RBF kernel (Gretton et al. 2012), the
@@ -91,7 +92,10 @@ def fd_class_means_aligned(features, labels, ref_features, ref_labels):
     the reference's. The spread inside each class is untouched; what FD still measures is the
     difference in shape within the classes (and in the class proportions). FD is not additive,
     so ``FD - aligned`` is read as "how much the class means' placement costs", not as an exact
-    term. Every class in ``labels`` must occur in ``ref_labels``."""
+    term. Biased upwards at finite n like FD (the within-class covariances are estimates) but
+    less (the sample's class means no longer add their noise), so it compares only with the same
+    alignment of real digits at the same n (``evaluate_samples`` reports both). Every class in
+    ``labels`` must occur in ``ref_labels``."""
     f = onp.asarray(features, dtype=onp.float64)
     ref = onp.asarray(ref_features, dtype=onp.float64)
     labels, ref_labels = onp.asarray(labels), onp.asarray(ref_labels)

@@ -87,6 +87,29 @@ def test_fd_with_class_means_aligned_sees_only_the_shape_inside_each_class(rng):
         fd_centred, rel=1e-9)
 
 
+def test_fd_with_class_means_aligned_is_biased_like_fd_and_below_it(rng):
+    # Two samples of one ten-class mixture (16-D, class means 3 apart): with the class means
+    # aligned FD is still > 0 (the within-class covariances are estimates) and falls ~ 1/n like
+    # FD, and it is below FD (aligning removes the noise of the sample's class means): compare it
+    # only with the same alignment applied to real data, as `evaluate_samples` does.
+    means = 3.0 * rng.normal(size=(10, 16))
+    scale = np.sqrt(np.linspace(0.5, 2, 16))
+    aligned, plain = {}, {}
+    for n in (200, 800, 3200):
+        vals, vals_plain = [], []
+        for _ in range(5):
+            la, lb = np.arange(n) % 10, rng.permutation(np.arange(n) % 10)
+            a = means[la] + scale * rng.normal(size=(n, 16))
+            b = means[lb] + scale * rng.normal(size=(n, 16))
+            vals.append(metrics.fd_class_means_aligned(a, la, b, lb))
+            vals_plain.append(metrics.frechet_distance(a.mean(0), np.cov(a.T), b.mean(0),
+                                                       np.cov(b.T)))
+        aligned[n], plain[n] = np.mean(vals), np.mean(vals_plain)
+    assert aligned[200] > aligned[800] > aligned[3200] > 0
+    assert 2.5 < aligned[200] / aligned[800] < 6  # about 4x per 4x more samples: the 1/n bias
+    assert all(aligned[n] < plain[n] for n in aligned)
+
+
 def test_fd_with_class_means_aligned_rejects_bad_input(rng):
     labels = np.repeat([0, 1, 2], 10)
     f = rng.normal(size=(30, 4))
