@@ -92,10 +92,11 @@ def fd_class_means_aligned(features, labels, ref_features, ref_labels):
     the reference's. The spread inside each class is untouched; what FD still measures is the
     difference in shape within the classes (and in the class proportions). FD is not additive,
     so ``FD - aligned`` is read as "how much the class means' placement costs", not as an exact
-    term. Biased upwards at finite n like FD (the within-class covariances are estimates) but
-    less (the sample's class means no longer add their noise), so it compares only with the same
-    alignment of real digits at the same n (``evaluate_samples`` reports both). Every class in
-    ``labels`` must occur in ``ref_labels``."""
+    term. A diagnostic of this project, not a published metric. Biased upwards at finite n like
+    FD (the within-class covariances are estimates) but less (the sample's class means no longer
+    add their noise), so it compares only with the same alignment of real digits at the same n
+    (``evaluate_samples`` reports both). Every class in ``labels`` must occur in
+    ``ref_labels``."""
     f = onp.asarray(features, dtype=onp.float64)
     ref = onp.asarray(ref_features, dtype=onp.float64)
     labels, ref_labels = onp.asarray(labels), onp.asarray(ref_labels)
