@@ -48,16 +48,16 @@ def _scored_sample(model, clf, per_class, steps, workers=1):
 
 # Quick-protocol bounds (100 images, 20 DDIM steps, guidance 2, seed 0), from the measured values
 # of these exact seeded runs with room for other BLAS builds:
-# - U-Net: agreement 1.00, FD-MNIST 50.4 against a real-vs-real 38.8 at n = 100 (ratio 1.30;
-#   unguided 0.86 and 1.30); the same recipe with a tenth of the labels dropped instead of half
-#   measured 1.00 and 1.51, and the first shipped run, whose class embedding started at 0.02
-#   scale, 0.44 and 2.51.
+# - U-Net: agreement 1.00, FD-MNIST 48.0 against a real-vs-real 38.8 at n = 100 (ratio 1.24;
+#   unguided 0.87 and 1.49); the model shipped before it (batch 64, 2,000 steps) measured 1.00 and
+#   1.30, the same recipe with a tenth of the labels dropped instead of half 1.00 and 1.51, and
+#   the first shipped run, whose class embedding started at 0.02 scale, 0.44 and 2.51.
 # - DiT: agreement 0.97, FD-MNIST 52.5 against 38.8 (ratio 1.35); the same DiT trained without
 #   Min-SNR weighting measured 0.92 and 1.44, and after 600 steps 0.1 and 9.7.
-# Each model's bounds fail the weaker runs named beside it: the U-Net's ratio < 1.45 (11% above its
-# 1.30) fails the 10%-dropout run's 1.51; the DiT's agreement >= 0.95 (the chapter's target) fails
+# Each model's bounds fail the weaker runs named beside it: the U-Net's ratio < 1.40 (13% above its
+# 1.24) fails the 10%-dropout run's 1.51; the DiT's agreement >= 0.95 (the chapter's target) fails
 # the run without Min-SNR (0.92). Agreement >= 0.95 and ratio < 2.0 otherwise.
-QUICK_BOUNDS = {WEIGHTS: (0.95, 1.45), DIT_WEIGHTS: (0.95, 2.0)}  # (min agreement, max FD ratio)
+QUICK_BOUNDS = {WEIGHTS: (0.95, 1.40), DIT_WEIGHTS: (0.95, 2.0)}  # (min agreement, max FD ratio)
 
 
 @pytest.mark.parametrize("weights", [WEIGHTS, DIT_WEIGHTS])
@@ -75,8 +75,9 @@ def test_small_seeded_sample_of_a_shipped_model(weights, shipped):
 def test_full_evaluation_of_the_shipped_unet(shipped):
     model, (clf, _) = shipped
     x, labels, r = _scored_sample(model, clf, per_class=100, steps=100, workers=2)
-    # Measured 2026-11-27: FD-MNIST 15.03 against 4.73 (ratio 3.18: the 2.5x target is missed;
-    # unguided, the same model's ratio is 2.67), class agreement 0.983 (target met).
+    # Measured 2026-11-27: FD-MNIST 11.26 against 4.73 (ratio 2.38), class agreement 0.978: both
+    # targets met. Unguided the same model scores ratio 4.44 and 0.831. The same recipe with
+    # training seed 0 measured ratio 2.70 (README, chapter 6): this test checks the shipped file.
     assert r["fd"] <= 2.5 * r["fd_real"], r
     assert r["agreement"] >= 0.97, r
     assert metrics.class_agreement(clf, x, labels) == r["agreement"]
