@@ -267,8 +267,8 @@ for name, e in errs.items():
     print(f"{name:6s} eps MSE " + " ".join(f"{v:6.4f}" for v in e))
 
 # %% [markdown]
-# Measured: at the nearly clean steps the DiT's noise error is up to 3.5 times the U-Net's
-# ($i = 0$: 0.714 against 0.204); the U-Net stays ahead to the middle of the chain, and from
+# Measured: at the nearly clean steps the DiT's noise error is up to 3.3 times the U-Net's
+# ($i = 0$: 0.714 against 0.218); the U-Net stays ahead to the middle of the chain, and from
 # $i = 700$ to pure noise the DiT matches or beats it. Two causes: one
 # linear layer per 4x4 patch draws pixel-level detail poorly (the faint block edges in the
 # samples), and Min-SNR-5 deliberately gives those steps little weight — their error in $x_0$ is
