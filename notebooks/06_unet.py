@@ -206,7 +206,7 @@ for i in (100, 500, 700, 900):
 # %% [markdown]
 # Up to $i \approx 200$ the clip does little; at $i = 900$ the clipped estimate sits $+0.28$ above
 # the truth on average ($+0.14$ of full brightness) where the raw one sits at $-0.11$: the clip
-# adds about 0.4 to every pixel. DDIM feeds the clipped $\hat x_0$ into the next
+# raises the mean pixel by about 0.4. DDIM feeds the clipped $\hat x_0$ into the next
 # state, and the samples carry the excess: 0.165 mean brightness unguided, 0.172 at guidance 2,
 # against 0.131 for the training digits (measured on the shipped model's 1,000-sample runs of the
 # README).
