@@ -35,7 +35,7 @@ test-slow: $(STAMP)
 
 ## notebooks: execute every notebook in full mode and write its outputs into the .ipynb
 notebooks: $(STAMP)
-	$(BIN)/python -m minidiff._notebooks --execute $(NOTEBOOKS)
+	$(BIN)/python -m minidiff.tools.notebooks --execute $(NOTEBOOKS)
 
 ## lab: open the notebooks in JupyterLab
 lab: $(STAMP)
@@ -44,7 +44,7 @@ lab: $(STAMP)
 
 ## bench: time a U-Net training step (ratios within one run; PyTorch if installed in .venv)
 bench: $(STAMP)
-	$(BIN)/python -m minidiff.bench
+	$(BIN)/python -m minidiff.tools.bench
 
 ## lint: ruff over the package, the tests and the notebooks' sources
 lint: $(STAMP)

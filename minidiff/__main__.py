@@ -1,409 +1,376 @@
-"""The command line.
+"""The command line: argument parsing and dispatch only (the work lives in the package).
 
-    python -m minidiff demo [--fast] [--out DIR]
-    python -m minidiff train unet [--steps N] [--batch-size B] [--seed S] [--out weights.npz]
-    python -m minidiff train dit [--patch 4] [--width 128] [--depth 4] [--heads 4] ...
-    python -m minidiff sweep [--shapes 7x64 4x128 2x64 ...] [--steps 1000] [--out table.json]
-    python -m minidiff sample --weights W.npz [--n 1000] [--steps 100] [--guidance 2] --out s.npz
-    python -m minidiff evaluate samples.npz
-
-``demo`` runs each landed chapter's headline experiment, writes its figures under ``--out`` and
-prints what it measured; ``--fast`` (or ``MINIDIFF_FAST=1``) shrinks every run for CI. ``train``
-resumes from its checkpoint if one exists. Training and sampling set the allocator option of
-``nn.memory`` for this process (it is a process-wide choice, made here and not on import).
+An error is one line on stderr and exit status 2 (``--debug`` shows the traceback instead).
+Outputs go under ``out/`` unless ``--out`` names a file; an existing file is replaced only with
+``--overwrite``, so the shipped files in ``data/`` change only when named and asked for.
 """
+# line budget: 320 -- argparse declares some forty options, one call and a help text each; the
+# command functions only check arguments, call the package and print.
 
 import argparse
+import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import matplotlib
+DESCRIPTION = """\
+minidiff: score-based diffusion models from scratch in NumPy and autograd.
 
-matplotlib.use("Agg")  # no screen needed; figures go to files
+  demo       every chapter's headline experiment (figures in out/)
+  train      train a U-Net, a DiT or the evaluator classifier on MNIST (resumable)
+  sample     sample digits from a model file (or the ideal denoiser) into an .npz
+  evaluate   FD-MNIST, its real-vs-real baseline and class agreement of an .npz of samples
+  sweep      the DiT scaling sweep of chapter 9 (FD-MNIST against Gflops)
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from . import datasets, plot, score, train  # noqa: E402
-from .models import mlp  # noqa: E402
+Run `python -m minidiff COMMAND --help` for a command's options."""
 
 
-def demo_chapter1(out, fast, seed=0):
-    """Langevin's wrong weights and the annealed fix; an NCSN trained on gmm8."""
-    rng = np.random.default_rng(seed)
-    print("Chapter 1 — scores and Langevin dynamics")
+class UsageError(Exception):
+    """A mistake in the command line: printed as one line, exit status 2."""
 
-    # (a) Two separated modes with weights 0.2 / 0.8: exact score, plain vs annealed Langevin.
-    gm = datasets.unequal_modes()
-    n = 1000 if fast else 4000
-    plain = score.langevin(gm.score, rng.uniform(-8, 8, (n, 2)), 0.1, 1000, rng)
-    sigmas = score.geometric_sigmas(10.0, 0.1, 10)
-    annealed = score.annealed_langevin(lambda x, s: gm.noised(1.0, s).score(x), sigmas,
-                                       rng.uniform(-8, 8, (n, 2)), rng, step_lr=5e-3)
-    f_plain = score.mode_fractions(plain, gm.means)[1]
-    f_annealed = score.mode_fractions(annealed, gm.means)[1]
-    print(f"  weight of the heavy mode (true 0.800): plain Langevin {f_plain:.3f}, "
-          f"annealed Langevin {f_annealed:.3f}   ({n} chains, exact scores)")
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
-    for ax, x, title in zip(axes, [gm.sample(n, rng), plain, annealed],
-                            ["data", f"Langevin: {f_plain:.2f} heavy",
-                             f"annealed: {f_annealed:.2f} heavy"], strict=True):
-        plot.points(ax, x, lim=8)
-        ax.set_title(title)
-    plot.save(fig, out / "01_langevin_weights.png")
 
-    # (b) An NCSN (noise-conditional score network) trained by denoising score matching on gmm8.
-    gm8 = datasets.gmm8()
-    sigmas = score.geometric_sigmas(4.0, 0.05, 10)
-    steps = 300 if fast else 3000
-    params = mlp.init(rng, hidden=128, depth=3, emb_dim=32)
-    state = train.init_state(params, seed)
-    batch_fn = score.ncsn_batches(gm8.sample(20_000, rng), sigmas, batch_size=256)
-    t0 = time.perf_counter()
-    state, losses = train.fit(score.ncsn_loss(mlp.apply), state, batch_fn, steps, lr=2e-3,
-                              warmup=100, desc="NCSN on gmm8")
-    seconds = time.perf_counter() - t0
-    learned = score.ncsn_score(mlp.apply, state.ema)
-    errors = []
-    for s in sigmas[::3]:
-        noisy = gm8.noised(1.0, s)
-        errors.append(score.relative_score_error(learned, noisy.score, noisy.sample(4000, rng), s))
-    print(f"  NCSN: {steps} steps in {seconds:.1f} s, final loss {losses[-100:].mean():.3f}")
-    print("  relative score error (EMA) at sigma = "
-          + ", ".join(f"{s:.2f}: {e:.3f}" for s, e in zip(sigmas[::3], errors, strict=True)))
-    samples = score.annealed_langevin(learned, sigmas, rng.uniform(-4, 4, (2000, 2)), rng,
-                                      step_lr=1e-4, n_steps_each=100)
-    fractions = score.mode_fractions(samples, gm8.means)
-    print(f"  annealed Langevin with the learned score: mode weights {np.round(fractions, 3)} "
-          f"(true 0.125 each)")
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
-    plot.score_field(axes[0], gm8.noised(1.0, 0.5).score)
-    axes[0].set_title("exact score, sigma 0.5")
-    plot.score_field(axes[1], lambda x: learned(x, 0.5))
-    axes[1].set_title("learned score, sigma 0.5")
-    plot.points(axes[2], samples)
-    axes[2].set_title("annealed Langevin samples")
-    plot.save(fig, out / "01_ncsn_gmm8.png")
+# ----------------------------------------------------------------------------- argument types
+
+def _number(kind, test, expected):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+count = _number(int, lambda v: v >= 0, "a non-negative integer")
+finite = _number(float, math.isfinite, "a finite number")
+positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+probability = _number(float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
+
+
+def _output(path, overwrite, default_folder=False):
+    """Check an output path before any work: its folder exists (the default ``out/`` is made)
+    and it is not an existing file unless ``overwrite``."""
+    path = Path(path)
+    if default_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: the folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise UsageError(f"--out {path} exists; pass --overwrite to replace it, or choose "
+                         "another file")
+    return path
+
+
+def _provenance():
+    """The command as typed and the code's git commit (None outside a git checkout)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {"command": "python -m minidiff " + " ".join(sys.argv[1:]), "commit": commit}
+
+
+# ----------------------------------------------------------------------------- commands
+
+RUN_ARGS = ("model", "seed", "batch_size", "lr", "warmup", "cooldown", "target", "weighting",
+            "p_uncond", "paired", "channels", "num_res_blocks", "resblock_updown", "patch",
+            "width", "depth", "heads", "conditioning")
 
 
 def cmd_train(args):
-    from . import pipeline
+    import numpy as np
+
+    from . import images, train
     from .datasets import mnist
-    from .models import unet
     from .nn.memory import keep_freed_memory
 
-    keep_freed_memory()
     if args.paired and args.p_uncond != 0.5:
-        raise SystemExit("--paired drops exactly half of the labels: it needs --p-uncond 0.5 "
+        raise UsageError("--paired drops exactly half of the labels: it needs --p-uncond 0.5 "
                          f"(got --p-uncond {args.p_uncond})")
+    out = _output(args.out or f"out/{args.model}_mnist.npz", args.overwrite, args.out is None)
+    if args.model == "classifier":
+        return _train_classifier(args, out)
     if args.model == "dit":
         from .models import dit as arch
         cfg = arch.DiTConfig(patch=args.patch, width=args.width, depth=args.depth,
                              heads=args.heads, conditioning=args.conditioning)
     else:
-        arch = unet
-        cfg = unet.UNetConfig(channels=tuple(args.channels), num_res_blocks=args.num_res_blocks,
+        from .models import unet as arch
+        cfg = arch.UNetConfig(channels=tuple(args.channels), num_res_blocks=args.num_res_blocks,
                               resblock_updown=args.resblock_updown)
-    images, labels = mnist("train")
-    ckpt = Path(args.checkpoint)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    if ckpt.exists():
-        state = train.load_state(ckpt)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.stem + ".train.npz")
+    if not ckpt.parent.is_dir():
+        raise UsageError(f"--checkpoint {ckpt}: the folder {ckpt.parent} does not exist")
+    run = {k: getattr(args, k) for k in RUN_ARGS}
+    state, resumed = train.resume_or_init(
+        ckpt, run, lambda: train.init_state(arch.init(np.random.default_rng(args.seed), cfg),
+                                            args.seed))
+    if resumed:
         print(f"resuming from {ckpt} at step {state.step}")
-    else:
-        state = train.init_state(arch.init(np.random.default_rng(args.seed), cfg), args.seed)
-    elapsed = float(getattr(args, "_elapsed", 0.0))
+    keep_freed_memory()
+    x, y = mnist("train")
     t0 = time.perf_counter()
-    state, losses = pipeline.train_mnist(arch, cfg, state, images, labels, args.steps,
-                                         batch_size=args.batch_size, lr=args.lr,
-                                         warmup=args.warmup, cooldown=args.cooldown,
-                                         target=args.target, weighting=args.weighting,
-                                         p_uncond=args.p_uncond, workers=args.workers,
-                                         paired=args.paired, checkpoint_path=ckpt,
-                                         checkpoint_every=args.checkpoint_every,
-                                         desc=f"{args.model} on MNIST")
-    seconds = elapsed + time.perf_counter() - t0
-    command = "python -m minidiff " + " ".join(sys.argv[1:]) if args.command_line is None \
-        else args.command_line
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or None
-    pipeline.save_model(args.out, state.ema, cfg, kind=args.model, target=args.target,
-                        seed=args.seed, commit=commit,
-                        steps=state.step,
-                        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                        cooldown=args.cooldown, p_uncond=args.p_uncond, paired=args.paired,
-                        workers=args.workers, command=command,
-                        train_seconds_this_run=round(seconds, 1),
-                        final_loss=float(losses[-100:].mean()) if len(losses) else None)
-    print(f"saved the EMA weights to {args.out} after {state.step} steps "
+    try:
+        state, losses = images.train_mnist(
+            arch, cfg, state, x, y, args.steps, batch_size=args.batch_size, lr=args.lr,
+            warmup=args.warmup, cooldown=args.cooldown, target=args.target,
+            weighting=args.weighting, p_uncond=args.p_uncond, workers=args.workers,
+            paired=args.paired, checkpoint_path=ckpt, checkpoint_every=args.checkpoint_every,
+            desc=f"{args.model} on MNIST", run=run)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {ckpt} holds the last checkpoint (every {args.checkpoint_every} "
+              "steps); the same command resumes from it", file=sys.stderr)
+        return 130
+    seconds = time.perf_counter() - t0
+    meta = {k: v for k, v in run.items() if k not in ("model", "target")}
+    images.save_model(out, state.ema, cfg, kind=args.model, target=args.target, steps=state.step,
+                      workers=args.workers, train_seconds_this_run=round(seconds, 1),
+                      images_seen=state.step * args.batch_size,
+                      final_loss=float(losses[-100:].mean()) if len(losses) else None,
+                      **meta, **_provenance())
+    print(f"saved the EMA weights to {out} after {state.step} steps "
           f"({seconds / 60:.1f} min in this run)")
     return 0
 
 
-def _demo_shipped(weights, name, fast, seed):
-    """Sample a shipped image model (guidance 2), print its scores; returns the samples."""
-    from . import metrics, pipeline
-    from .nn import checkpoint
-    from .nn.memory import keep_freed_memory
+def _train_classifier(args, out):
+    import numpy as np
 
-    keep_freed_memory()
-    apply, params, cfg, meta = pipeline.load_model(weights)
-    clf, _ = checkpoint.load("data/weights/classifier_mnist.npz")
-    per_class, steps = (2, 10) if fast else (10, 50)
-    labels = np.repeat(np.arange(10), per_class)
-    t0 = time.perf_counter()
-    x = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(seed), steps=steps,
-                        guidance=2.0)
-    seconds = time.perf_counter() - t0
-    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(seed))
-    print(f"  {name}: {len(labels)} samples, {steps} DDIM steps, guidance 2, in {seconds:.0f} s: "
-          f"class agreement {100 * r['agreement']:.0f}%, FD-MNIST {r['fd']:.1f} "
-          f"(real-vs-real at this n: {r['fd_real']:.1f})")
-    for k in sorted(meta):
-        if k.startswith("eval_"):
-            print(f"  stored full evaluation, {k[5:]}: {meta[k]}")
-    return x, per_class
-
-
-def demo_chapter6(out, fast, seed=0):
-    """Samples of the shipped U-Net, a grid in out/ (one class per column), and their scores."""
-    print("Chapter 6 — the U-Net on MNIST (shipped weights)")
-    x, per_class = _demo_shipped("data/weights/unet_mnist.npz", "U-Net", fast, seed)
-    fig, ax = plt.subplots(figsize=(5, 0.5 * per_class + 0.3))
-    plot.digits(ax, x, per_class)
-    plot.save(fig, out / "06_unet_samples.png")
-    return x
-
-
-def demo_chapter9(out, fast, seed=0, unet_samples=None):
-    """Samples of the shipped DiT beside the U-Net's (same labels and noise), and their scores."""
-    print("Chapter 9 — the DiT on MNIST (shipped weights)")
-    x, per_class = _demo_shipped("data/weights/dit_mnist.npz", "DiT", fast, seed)
-    panels = [("DiT (patch 4)", x)] + ([("U-Net", unet_samples)] if unet_samples is not None
-                                       else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.5 * per_class + 0.5))
-    for ax, (title, imgs) in zip(np.atleast_1d(axes), panels, strict=True):
-        plot.digits(ax, imgs, per_class, title)
-    plot.save(fig, out / "09_dit_samples.png")
-
-
-def cmd_train_classifier(args):
+    from . import images
     from .datasets import mnist
     from .models import classifier
     from .nn import checkpoint
     from .nn.memory import keep_freed_memory
 
     keep_freed_memory()
-    images, labels = mnist("train")
+    x, y = mnist("train")
     t0 = time.perf_counter()
-    params = classifier.train_classifier(images, labels, steps=args.steps,
-                                         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    params = images.train_classifier(x, y, steps=args.steps, batch_size=args.batch_size,
+                                     lr=args.lr, seed=args.seed)
     seconds = time.perf_counter() - t0
     test_x, test_y = mnist("test")
     acc = float(np.mean(classifier.predict(params, test_x) == test_y))
-    checkpoint.save(args.out, params, model="classifier", seed=args.seed, steps=args.steps,
-                    test_accuracy=acc, train_seconds=round(seconds, 1),
-                    command="python -m minidiff " + " ".join(sys.argv[1:]))
+    checkpoint.save(out, params, model="classifier", seed=args.seed, steps=args.steps,
+                    test_accuracy=acc, train_seconds=round(seconds, 1), **_provenance())
     print(f"classifier: test accuracy {100 * acc:.2f}% after {args.steps} steps "
-          f"({seconds:.0f} s) -> {args.out}")
+          f"({seconds:.0f} s) -> {out}")
     return 0
 
 
 def cmd_sweep(args):
-    from . import pipeline
+    from . import images
     from .datasets import mnist
-    from .nn import checkpoint
     from .nn.memory import keep_freed_memory
+    from .tools import sweep
 
+    out = _output(args.out, args.overwrite, args.out == "out/dit_sweep.json")
+    shapes = [sweep.parse_shape(spec) for spec in args.shapes]
+    clf = images.load_classifier(args.classifier)
     keep_freed_memory()
-    images, labels = mnist("train")
-    clf, _ = checkpoint.load(args.classifier)
-    shapes = []
-    for spec in args.shapes:  # PATCHxWIDTH[:conditioning[:weighting]]
-        size, *rest = spec.split(":")
-        try:
-            patch, width = (int(v) for v in size.split("x"))
-        except ValueError:
-            raise SystemExit("--shapes: expected PATCHxWIDTH[:conditioning[:weighting]] such as "
-                             f"4x128, 4x64:in_context or 4x64:adaln_zero:min_snr (got {spec!r})"
-                             ) from None
-        shapes.append((patch, width, *rest))
+    x, y = mnist("train")
     t0 = time.perf_counter()
-    rows = pipeline.dit_sweep(images, labels, clf, shapes, steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              n_eval=args.n, eval_steps=args.sample_steps,
-                              guidance=args.guidance)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or None
-    pipeline.save_sweep(args.out, rows, command="python -m minidiff " + " ".join(sys.argv[1:]),
-                        commit=commit, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        seed=args.seed, n_eval=args.n, eval_steps=args.sample_steps,
-                        guidance=args.guidance, seconds=round(time.perf_counter() - t0, 1))
-    print(f"{'patch':>5} {'width':>5} {'conditioning':>15} {'weighting':>9} {'params':>8} "
-          f"{'Gflops':>7} {'train s':>8} {'FD':>7} {'real':>6} {'agree':>6}")
-    for r in rows:
-        print(f"{r['patch']:5d} {r['width']:5d} {r['conditioning']:>15} {r['weighting']:>9} "
-              f"{r['params']:8d} "
-              f"{r['gflops']:7.4f} "
-              f"{r['train_seconds']:8.0f} {r['fd']:7.1f} {r['fd_real']:6.1f} "
-              f"{100 * r['agreement']:5.0f}%")
-    print(f"-> {args.out}")
+    rows = sweep.dit_sweep(x, y, clf, shapes, steps=args.steps, batch_size=args.batch_size,
+                           lr=args.lr, seed=args.seed, n_eval=args.n,
+                           eval_steps=args.sample_steps, guidance=args.guidance)
+    sweep.save_sweep(out, rows, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                     seed=args.seed, n_eval=args.n, eval_steps=args.sample_steps,
+                     guidance=args.guidance, seconds=round(time.perf_counter() - t0, 1),
+                     **_provenance())
+    print(sweep.format_rows(rows))
+    print(f"-> {out}")
     return 0
 
 
 def cmd_sample(args):
-    from . import pipeline
+    import numpy as np
+    from tqdm import tqdm
+
+    from . import datasets, images
     from .nn.memory import keep_freed_memory
 
-    keep_freed_memory()
+    if args.n % 10:
+        raise UsageError(f"--n must be a multiple of 10, the same number of images for each "
+                         f"class (got {args.n})")
+    if args.steps > 1000:
+        raise UsageError(f"--steps must be at most 1000, the schedule's length (got {args.steps})")
+    out = _output(args.out, args.overwrite)
     if args.ideal:
-        from .datasets import mnist
-        from .models import ideal
-
         if args.workers != 1:
-            raise SystemExit("--ideal runs in one process (its matrix products already use every "
-                             f"core; got --workers {args.workers})")
-        apply, params, cfg = ideal.apply, ideal.init(*mnist("train")), ideal.IdealConfig()
+            raise UsageError("--ideal runs in one process (its matrix products already use "
+                             f"every core; got --workers {args.workers})")
+        sched = images.model_schedule({})
+        apply, params, cfg = images.ideal_model(*datasets.mnist("train"), sched)
     else:
-        apply, params, cfg, _ = pipeline.load_model(args.weights)
+        apply, params, cfg, meta = images.load_model(args.weights)
+        sched = images.model_schedule(meta)
+    keep_freed_memory()
     labels = np.repeat(np.arange(10), args.n // 10)
-    rng = np.random.default_rng(args.seed)
-    t0 = time.perf_counter()
     interval = None if args.guidance_interval is None else tuple(args.guidance_interval)
-    x = pipeline.sample(apply, params, cfg, labels, rng, steps=args.steps,
-                        guidance=args.guidance, workers=args.workers, guidance_interval=interval)
-    pipeline.save_samples(args.out, pipeline.to_uint8(x[:, 0]), labels)
+    t0 = time.perf_counter()
+    with tqdm(total=len(labels), desc="sampling", unit="image", mininterval=1.0) as bar:
+        x = images.sample(apply, params, cfg, labels, np.random.default_rng(args.seed),
+                          steps=args.steps, guidance=args.guidance, workers=args.workers,
+                          guidance_interval=interval, sched=sched, progress=bar.update)
+    datasets.save_samples(out, datasets.to_uint8(x[:, 0]), labels)
     where = "" if interval is None else f" at steps {interval[0]} <= i < {interval[1]}"
     print(f"{len(labels)} samples ({args.steps} DDIM steps, guidance {args.guidance}{where}) in "
-          f"{time.perf_counter() - t0:.0f} s -> {args.out}")
+          f"{time.perf_counter() - t0:.0f} s -> {out}")
     return 0
 
 
 def cmd_evaluate(args):
-    from . import metrics, pipeline
-    from .nn import checkpoint
+    import numpy as np
 
-    pixels, labels = pipeline.load_samples(args.samples)
-    classifier_params, _ = checkpoint.load(args.classifier)
-    r = metrics.evaluate_samples(metrics.images_from_uint8(pixels), labels, classifier_params,
-                        np.random.default_rng(args.seed))
-    print(f"{r['n']} samples: FD-MNIST {r['fd']:.2f} (real-vs-real baseline {r['fd_real']:.2f}, "
-          f"ratio {r['fd'] / r['fd_real']:.2f}); classifier agrees with the requested class on "
-          f"{100 * r['agreement']:.1f}%")
-    sp, sr = r["spread"], r["spread_real"]
-    print(f"feature spread (law of total variance): between classes {sp['between']:.0f} (test "
-          f"digits {sr['between']:.0f}), within a class {sp['within']:.0f} ({sr['within']:.0f})")
-    print(f"with each class's mean moved onto the test digits' class mean: FD-MNIST "
-          f"{r['fd_aligned']:.2f} (real-vs-real {r['fd_real_aligned']:.2f}); the rest of the FD "
-          "is where the class means sit")
-    print("FD-MNIST is the Frechet distance on minidiff's MNIST classifier's features, not the "
-          "Inception FID.")
+    from . import images, metrics
+    from .datasets import load_samples
+
+    pixels, labels = load_samples(args.samples)
+    if len(labels) < 20:
+        raise UsageError(f"{args.samples} holds {len(labels)} images: FD needs a covariance of "
+                         "as many test digits per class, so at least 20 (two per class; 1,000 "
+                         "for a number worth reporting)")
+    if labels.min() < 0 or labels.max() > 9:
+        raise UsageError(f"{args.samples}: labels must be MNIST classes 0..9 (got "
+                         f"{labels.min()}..{labels.max()})")
+    clf = images.load_classifier(args.classifier)
+    if len(labels) < 1000:
+        print(f"warning: FD-MNIST from {len(labels)} images is biased upward (about 1/N, and the "
+              "128-dimensional feature covariance is singular below 129 images): compare it "
+              "only with the real-vs-real baseline at the same N", file=sys.stderr)
+    r = metrics.evaluate_samples(metrics.images_from_uint8(pixels), labels, clf,
+                                 np.random.default_rng(args.seed))
+    print(metrics.format_report(r))
     return 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minidiff", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run every chapter's headline experiment")
-    demo.add_argument("--out", default="out", help="folder for figures (default: out)")
+def cmd_demo(args):
+    from . import demo
+
+    demo.run(args.out, args.fast or os.environ.get("MINIDIFF_FAST") == "1", args.seed)
+    return 0
+
+
+# ----------------------------------------------------------------------------- the parser
+
+def parser():
+    from .images import SHIPPED
+
+    top = argparse.ArgumentParser(prog="python -m minidiff", description=DESCRIPTION,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter, "parents": [common]}
+    demo = sub.add_parser("demo", help="every chapter's headline experiment", **fmt)
+    demo.add_argument("--out", default="out", help="folder for the figures")
     demo.add_argument("--fast", action="store_true", help="tiny runs (also MINIDIFF_FAST=1)")
-    demo.add_argument("--seed", type=int, default=0)
-    tr = sub.add_parser("train", help="train an image model on MNIST")
-    tr.add_argument("model", choices=["unet", "dit", "classifier"])
-    tr.add_argument("--steps", type=int, default=1600)
-    tr.add_argument("--batch-size", type=int, default=32)
-    tr.add_argument("--lr", type=float, default=1e-3)
-    tr.add_argument("--warmup", type=int, default=200)
-    tr.add_argument("--cooldown", type=int, default=0,
-                    help="steps at the end over which the LR falls linearly to zero (default 0)")
-    tr.add_argument("--workers", type=int, default=1,
-                    help="processes sharing each batch, one BLAS thread each (default 1; "
-                         "2 on a 2-core machine is 1.4-2x faster)")
-    tr.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=count, default=0, help="random seed")
+
+    tr = sub.add_parser("train", help="train an image model on MNIST (resumable)", **fmt)
+    tr.add_argument("model", choices=["unet", "dit", "classifier"], help="what to train")
+    tr.add_argument("--steps", type=positive_int, default=1600, help="total optimiser steps")
+    tr.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    tr.add_argument("--lr", type=positive, default=1e-3, help="peak Adam learning rate")
+    tr.add_argument("--warmup", type=count, default=200, help="steps of linear LR warm-up")
+    tr.add_argument("--cooldown", type=count, default=0,
+                    help="steps at the end over which the LR falls linearly to zero")
+    tr.add_argument("--workers", type=positive_int, default=1,
+                    help="processes sharing each batch, one BLAS thread each (2 on a 2-core "
+                         "machine is 1.4-2x faster; the same result up to float32 rounding)")
+    tr.add_argument("--seed", type=count, default=0, help="seed of the weights and the batches")
     tr.add_argument("--target", choices=["eps", "v"], default="eps",
-                    help="what the network predicts (default eps; sampling converts to eps)")
+                    help="what the network predicts (sampling converts it to eps)")
     tr.add_argument("--weighting", choices=["min_snr"], default=None,
                     help="loss weighting (default: L_simple, every step weighted 1)")
-    tr.add_argument("--p-uncond", type=float, default=0.1,
-                    help="probability that a training label is replaced by the null label, "
-                         "which trains the unconditional model guidance needs (default 0.1)")
+    tr.add_argument("--p-uncond", type=probability, default=0.1,
+                    help="probability that a label is replaced by the null label, which trains "
+                         "the unconditional model guidance needs")
     tr.add_argument("--paired", action="store_true",
-                    help="with --p-uncond 0.5: each image in the batch twice, with its label and "
-                         "with the null label, at the same step and noise")
-    tr.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
-    tr.add_argument("--num-res-blocks", type=int, default=1)
-    tr.add_argument("--resblock-updown", action="store_true")
-    tr.add_argument("--patch", type=int, default=4, help="DiT patch size")
-    tr.add_argument("--width", type=int, default=128, help="DiT width")
-    tr.add_argument("--depth", type=int, default=4, help="DiT depth")
-    tr.add_argument("--heads", type=int, default=4, help="DiT heads")
-    tr.add_argument("--conditioning", default="adaln_zero", help="DiT conditioning")
-    tr.add_argument("--out", default=None, help="weights file (default data/weights/"
-                    "<model>_mnist.npz)")
-    tr.add_argument("--checkpoint", default=None, help="resumable checkpoint (default "
-                    "out/<model>_train.npz)")
-    tr.add_argument("--checkpoint-every", type=int, default=100)
-    tr.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
-    sw = sub.add_parser("sweep", help="the DiT scaling sweep: FD-MNIST against Gflops")
+                    help="with --p-uncond 0.5: each image twice, with its label and the null one")
+    tr.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 64],
+                    help="U-Net channels per resolution level")
+    tr.add_argument("--num-res-blocks", type=positive_int, default=1,
+                    help="U-Net residual blocks per level")
+    tr.add_argument("--resblock-updown", action="store_true",
+                    help="U-Net: resample inside residual blocks (BigGAN style)")
+    tr.add_argument("--patch", type=positive_int, default=4, help="DiT patch size")
+    tr.add_argument("--width", type=positive_int, default=128, help="DiT width")
+    tr.add_argument("--depth", type=positive_int, default=4, help="DiT depth")
+    tr.add_argument("--heads", type=positive_int, default=4, help="DiT heads")
+    tr.add_argument("--conditioning", default="adaln_zero",
+                    choices=["adaln_zero", "cross_attention", "in_context"],
+                    help="DiT conditioning")
+    tr.add_argument("--out", default=None, help="weights file (default out/<model>_mnist.npz)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    tr.add_argument("--checkpoint", default=None,
+                    help="resumable checkpoint (default: beside --out, <name>.train.npz)")
+    tr.add_argument("--checkpoint-every", type=positive_int, default=100,
+                    help="steps between checkpoints")
+
+    sw = sub.add_parser("sweep", help="the DiT scaling sweep: FD-MNIST against Gflops", **fmt)
     sw.add_argument("--shapes", nargs="+", default=["7x64", "7x128", "4x64", "4x128", "2x64",
                                                     "4x64:cross_attention", "4x64:in_context",
                                                     "4x64:adaln_zero:min_snr"],
                     help="PATCHxWIDTH[:conditioning[:weighting]] for each model")
-    sw.add_argument("--steps", type=int, default=1500)
-    sw.add_argument("--batch-size", type=int, default=32)
-    sw.add_argument("--lr", type=float, default=1e-3)
-    sw.add_argument("--seed", type=int, default=0)
-    sw.add_argument("--n", type=int, default=200, help="images per model for FD-MNIST")
-    sw.add_argument("--sample-steps", type=int, default=50)
-    sw.add_argument("--guidance", type=float, default=2.0)
-    sw.add_argument("--classifier", default="data/weights/classifier_mnist.npz")
-    sw.add_argument("--out", default="data/weights/dit_sweep.json")
-    sa = sub.add_parser("sample", help="sample MNIST digits, 10 classes, to an .npz")
-    sa.add_argument("--weights", default="data/weights/unet_mnist.npz")
-    sa.add_argument("--n", type=int, default=1000)
-    sa.add_argument("--steps", type=int, default=100)
-    sa.add_argument("--guidance", type=float, default=2.0)
-    sa.add_argument("--guidance-interval", type=int, nargs=2, metavar=("LO", "HI"),
+    sw.add_argument("--steps", type=positive_int, default=1500, help="training steps per model")
+    sw.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    sw.add_argument("--lr", type=positive, default=1e-3, help="peak Adam learning rate")
+    sw.add_argument("--seed", type=count, default=0, help="random seed")
+    sw.add_argument("--n", type=positive_int, default=200, help="images per model for FD-MNIST")
+    sw.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps")
+    sw.add_argument("--guidance", type=finite, default=2.0, help="guidance scale w")
+    sw.add_argument("--classifier", default=str(SHIPPED["classifier"]), help="evaluator weights")
+    sw.add_argument("--out", default="out/dit_sweep.json", help="the table (JSON)")
+    sw.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+    sa = sub.add_parser("sample", help="sample MNIST digits, 10 classes, into an .npz", **fmt)
+    sa.add_argument("--weights", default=str(SHIPPED["unet"]), help="model file")
+    sa.add_argument("--n", type=positive_int, default=1000,
+                    help="number of images, a multiple of 10 (equal per class)")
+    sa.add_argument("--steps", type=positive_int, default=100, help="DDIM steps")
+    sa.add_argument("--guidance", type=finite, default=2.0,
+                    help="guidance scale w: eps_u + w (eps_c - eps_u); 1 = conditional model")
+    sa.add_argument("--guidance-interval", type=count, nargs=2, metavar=("LO", "HI"),
                     default=None, help="guide only at DDPM steps LO <= i < HI, the conditional "
                                        "model elsewhere (default: every step)")
-    sa.add_argument("--seed", type=int, default=0)
-    sa.add_argument("--workers", type=int, default=1,
-                    help="processes sharing the batches, one BLAS thread each (default 1; the "
-                         "images are the same up to float32 rounding)")
+    sa.add_argument("--seed", type=count, default=0, help="seed of the starting noise")
+    sa.add_argument("--workers", type=positive_int, default=1,
+                    help="processes sharing the batches, one BLAS thread each (the images are "
+                         "the same up to float32 rounding)")
     sa.add_argument("--ideal", action="store_true",
                     help="sample the ideal denoiser of the 60,000 training digits (the exact "
                          "posterior mean; models/ideal.py) instead of --weights: the yardstick")
-    sa.add_argument("--out", required=True)
-    ev = sub.add_parser("evaluate", help="FD-MNIST and class agreement of an .npz of samples")
-    ev.add_argument("samples")
-    ev.add_argument("--classifier", default="data/weights/classifier_mnist.npz")
-    ev.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.command == "evaluate":
-        return cmd_evaluate(args)
-    if args.command == "train":
-        args.out = args.out or f"data/weights/{args.model}_mnist.npz"
-        args.checkpoint = args.checkpoint or f"out/{args.model}_train.npz"
-        if args.model == "classifier":
-            return cmd_train_classifier(args)
-        return cmd_train(args)
-    if args.command == "sample":
-        return cmd_sample(args)
-    if args.command == "sweep":
-        return cmd_sweep(args)
-    if args.command == "demo":
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        fast = args.fast or os.environ.get("MINIDIFF_FAST") == "1"
-        t0 = time.perf_counter()
-        demo_chapter1(out, fast, args.seed)
-        unet_samples = demo_chapter6(out, fast, args.seed)
-        demo_chapter9(out, fast, args.seed, unet_samples)
-        print(f"figures in {out}/ ; demo took {time.perf_counter() - t0:.0f} s")
-    return 0
+    sa.add_argument("--out", required=True, help="samples file (.npz)")
+    sa.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+    ev = sub.add_parser("evaluate", help="FD-MNIST and class agreement of an .npz of samples",
+                        **fmt)
+    ev.add_argument("samples", help="an .npz written by `sample`")
+    ev.add_argument("--classifier", default=str(SHIPPED["classifier"]), help="evaluator weights")
+    ev.add_argument("--seed", type=count, default=0, help="seed of the real-vs-real baseline")
+    return top
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sweep": cmd_sweep, "sample": cmd_sample,
+            "evaluate": cmd_evaluate}
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

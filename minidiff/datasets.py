@@ -8,6 +8,13 @@ everything a diffusion model estimates has a closed form:
 - the law of ``x_t = alpha x0 + sigma eps`` (``eps ~ N(0, I)``) is again a mixture, with means
   ``alpha mu_k`` and covariances ``alpha² S_k + sigma² I`` (``noised``);
 - the posterior mean ``E[x0 | x_t]`` (``posterior_mean``), the quantity a denoiser learns.
+
+For a *finite* set of clean points the posterior is a weighting of the points themselves
+(``posterior_weights``): the ideal denoiser of a training set (``models/ideal.py``) and the
+importance-sampling check on Tweedie's formula (``dsm.posterior_mean_importance``).
+
+Samples of the image models are written as ``.npz`` files of uint8 pixels and int64 labels
+(``save_samples`` / ``load_samples``), readable by any tool.
 """
 
 import functools
@@ -19,6 +26,8 @@ from pathlib import Path
 import autograd.numpy as np
 import numpy as onp
 from autograd.scipy.special import logsumexp
+
+from .nn.checkpoint import atomic_write
 
 
 class GaussianMixture:
@@ -148,6 +157,23 @@ class GaussianMixture:
         return onp.einsum("nk,nki->ni", r, cond)
 
 
+def posterior_weights(prior_samples, xt, alpha, sigma):
+    """The posterior over a finite set of clean points: for ``x0`` uniform on ``prior_samples
+    (M, D)`` and ``x_t = alpha x0 + sigma eps``, ``w_nm = P(x0 = x0_m | x_t = xt_n)``
+    ``∝ N(xt_n; alpha x0_m, sigma² I)``. Returns ``(N, M)``, each row summing to one: float32
+    when both arrays are float32 (images), float64 otherwise.
+
+    The squared distance is expanded, ``|xt - alpha x0|² = |xt|² - 2 alpha xt·x0 + alpha² |x0|²``,
+    and ``|xt|²`` dropped (it is the same for every ``m``, so the normalisation removes it): one
+    matrix product instead of an ``(N, M, D)`` array of differences."""
+    x0, xt = onp.asarray(prior_samples), onp.asarray(xt)
+    dtype = onp.float32 if x0.dtype == xt.dtype == onp.float32 else onp.float64
+    x0, xt, alpha, sigma = x0.astype(dtype), xt.astype(dtype), float(alpha), float(sigma)
+    logw = (alpha * (xt @ x0.T) - 0.5 * alpha**2 * onp.sum(x0**2, axis=1)) / sigma**2  # (N, M)
+    w = onp.exp(logw - logw.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
 # ----------------------------------------------------------------------------- 2D toy sets
 
 def gmm8(radius=2.0, std=0.2):
@@ -274,3 +300,48 @@ def mnist(split="train", data_dir=None):
     images, labels = _mnist_uint8(split, str(DATA_DIR if data_dir is None else data_dir))
     x = images.astype(onp.float32)[:, None] * (1.0 / 127.5) - 1.0  # (N, 1, 28, 28)
     return x, labels.astype(onp.int64)
+
+
+# ----------------------------------------------------------------------------- sample files
+
+def to_uint8(x):
+    """``[-1, 1]`` floats to 0..255 pixels (the inverse of the MNIST loader's scaling)."""
+    return onp.clip(onp.round((onp.asarray(x) + 1.0) * 127.5), 0, 255).astype(onp.uint8)
+
+
+def save_samples(path, images, labels):
+    """Write samples as ``.npz`` with ``images`` uint8 ``(N, 28, 28)`` and ``labels`` int64
+    ``(N,)``, atomically: any tool can read them (``numpy.load``, no pickle)."""
+    images = onp.asarray(images)
+    if images.dtype != onp.uint8 or images.ndim != 3:
+        raise ValueError(f"`images` must be uint8 (N, H, W) (got {images.dtype} {images.shape})")
+    labels = onp.asarray(labels)
+    if not onp.issubdtype(labels.dtype, onp.integer) or labels.shape != images.shape[:1]:
+        raise ValueError(f"`labels` must be {images.shape[0]} integers (got {labels.dtype} "
+                         f"{labels.shape})")
+    labels = labels.astype(onp.int64)
+    atomic_write(path, lambda f: onp.savez_compressed(f, images=images, labels=labels))
+
+
+def load_samples(path):
+    """Read ``save_samples``' format back: ``(images uint8 (N, H, W), labels int64 (N,))``.
+    Anything else (not an ``.npz``, missing arrays, float labels, no images) is a ``ValueError``
+    that names the file and what it holds."""
+    try:
+        with open(path, "rb") as fh, onp.load(fh, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except KeyError as err:
+        raise ValueError(f"{path!s} must hold `images` and `labels` arrays (missing {err})") \
+            from None
+    except FileNotFoundError:
+        raise ValueError(f"no samples file at {path!s}") from None
+    except (ValueError, OSError, EOFError) as err:
+        if "pickle" in str(err):  # numpy reads any non-zip bytes as a possible pickle
+            err = "not an .npz archive (numpy.savez format)"
+        raise ValueError(f"cannot read samples from {path!s}: {err}") from None
+    if images.dtype != onp.uint8 or images.ndim != 3 or len(images) == 0 \
+            or labels.shape != images.shape[:1] or not onp.issubdtype(labels.dtype, onp.integer):
+        raise ValueError(f"{path!s}: expected uint8 images (N, H, W) with N >= 1 and N integer "
+                         f"labels (got images {images.dtype} {images.shape}, labels "
+                         f"{labels.dtype} {labels.shape})")
+    return images, labels.astype(onp.int64)

@@ -234,6 +234,9 @@ def ancestral_sample(eps_fn, sched, x, rng, variance="beta", return_path=False):
     last step. ``eps_fn(x_t, i)`` with the 0-based index ``i = t - 1``. Returns ``x_0`` (or the
     path ``(T + 1, N, ...)``)."""
     var = _reverse_variance(sched, variance)
+    if not isinstance(rng, onp.random.Generator):
+        raise TypeError(f"`rng` must be a numpy.random.Generator (got {type(rng).__name__}): "
+                        "ancestral sampling adds noise at every step")
     path = [x] if return_path else None
     for i in reversed(range(sched.T)):
         mu = p_mean(sched, x, i, eps_fn(x, i))
@@ -287,24 +290,29 @@ def ddim_sample(eps_fn, sched, x, rng=None, steps=50, eta=0.0, spacing="leading"
         raise ValueError(f"`eta` must lie in [0, 1] (got {eta})")
     if eta > 0 and rng is None:
         raise ValueError("`rng` is needed when eta > 0 (the update adds noise)")
+    if clip_x0 is not None and not (len(clip_x0) == 2 and clip_x0[0] < clip_x0[1]):
+        raise ValueError(f"`clip_x0` must be a range (lo, hi) with lo < hi (got {clip_x0!r})")
     tau = ddim_timesteps(sched.T, steps, spacing)
-    ab = sched.alpha_bar
-    path = [x] if return_path else None
+    path, trace = sched.path, ([x] if return_path else None)
     for k in reversed(range(len(tau))):
         i = int(tau[k])
-        ab_i, ab_j = ab[i], (ab[tau[k - 1]] if k > 0 else 1.0)
+        a_i, s_i = float(path.alpha(i)), float(path.sigma(i))
+        # the step's destination j = tau[k-1]; past the first step, the data: alpha 1, sigma 0
+        a_j, s_j = (float(path.alpha(int(tau[k - 1]))), float(path.sigma(int(tau[k - 1])))) \
+            if k > 0 else (1.0, 0.0)
         eps = eps_fn(x, i)
-        x0_hat = x0_from_eps(eps, x, math.sqrt(ab_i), math.sqrt(1 - ab_i))
+        x0_hat = x0_from_eps(eps, x, a_i, s_i)
         if clip_x0 is not None:
             x0_hat = onp.clip(x0_hat, *clip_x0)
-            eps = eps_from_x0(x0_hat, x, math.sqrt(ab_i), math.sqrt(1 - ab_i))
-        s = eta * math.sqrt((1 - ab_j) / (1 - ab_i) * (1 - ab_i / ab_j))
-        x = math.sqrt(ab_j) * x0_hat + math.sqrt(max(1 - ab_j - s * s, 0.0)) * eps
+            eps = eps_from_x0(x0_hat, x, a_i, s_i)
+        # eq. (16) with alpha_bar = alpha²: s = eta (s_j / s_i) sqrt(1 - alpha_i² / alpha_j²)
+        s = eta * s_j / s_i * math.sqrt(max(1.0 - (a_i / a_j) ** 2, 0.0))
+        x = a_j * x0_hat + math.sqrt(max(s_j * s_j - s * s, 0.0)) * eps
         if s > 0:
             x = x + s * rng.standard_normal(x.shape)
         if return_path:
-            path.append(x)
-    return onp.stack(path) if return_path else x
+            trace.append(x)
+    return onp.stack(trace) if return_path else x
 
 
 def ddim_invert(eps_fn, sched, x0, steps=50, spacing="leading"):
@@ -313,12 +321,12 @@ def ddim_invert(eps_fn, sched, x0, steps=50, spacing="leading"):
     prediction for the move ``j -> i`` is taken at the current point with the destination's index,
     ``eps(x_j, i)``: the one-step lag that makes inversion exact only as the step count grows."""
     tau = ddim_timesteps(sched.T, steps, spacing)
-    ab = sched.alpha_bar
-    x = x0
+    path, x = sched.path, x0
     for k in range(len(tau)):
         i = int(tau[k])
-        ab_i, ab_j = ab[i], (ab[tau[k - 1]] if k > 0 else 1.0)
+        a_j, s_j = (float(path.alpha(int(tau[k - 1]))), float(path.sigma(int(tau[k - 1])))) \
+            if k > 0 else (1.0, 0.0)
         eps = eps_fn(x, i)
-        x0_hat = x0_from_eps(eps, x, math.sqrt(ab_j), math.sqrt(1 - ab_j))
-        x = math.sqrt(ab_i) * x0_hat + math.sqrt(1 - ab_i) * eps
+        x0_hat = x0_from_eps(eps, x, a_j, s_j) if k > 0 else x
+        x = float(path.alpha(i)) * x0_hat + float(path.sigma(i)) * eps
     return x

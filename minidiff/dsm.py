@@ -24,6 +24,7 @@ import autograd.numpy as np
 import numpy as onp
 from autograd import elementwise_grad, grad
 
+from .datasets import posterior_weights  # noqa: F401  (chapter 2 uses it; it lives with the data)
 from .nn import mean
 from .targets import per_sample, score_from_eps
 
@@ -81,23 +82,6 @@ def dsm_loss(score_model):
         return denoising_score_matching(lambda x, s: score_model(params, x, s), batch["x0"],
                                         batch["sigma"], batch["eps"])
     return loss
-
-
-def posterior_weights(prior_samples, xt, alpha, sigma):
-    """The posterior over a finite set of clean points: for ``x0`` uniform on ``prior_samples
-    (M, D)`` and ``x_t = alpha x0 + sigma eps``, ``w_nm = P(x0 = x0_m | x_t = xt_n)``
-    ``∝ N(xt_n; alpha x0_m, sigma² I)``. Returns ``(N, M)``, each row summing to one: float32
-    when both arrays are float32 (images), float64 otherwise.
-
-    The squared distance is expanded, ``|xt - alpha x0|² = |xt|² - 2 alpha xt·x0 + alpha² |x0|²``,
-    and ``|xt|²`` dropped (it is the same for every ``m``, so the normalisation removes it): one
-    matrix product instead of an ``(N, M, D)`` array of differences."""
-    x0, xt = onp.asarray(prior_samples), onp.asarray(xt)
-    dtype = onp.float32 if x0.dtype == xt.dtype == onp.float32 else onp.float64
-    x0, xt, alpha, sigma = x0.astype(dtype), xt.astype(dtype), float(alpha), float(sigma)
-    logw = (alpha * (xt @ x0.T) - 0.5 * alpha**2 * onp.sum(x0**2, axis=1)) / sigma**2  # (N, M)
-    w = onp.exp(logw - logw.max(axis=1, keepdims=True))
-    return w / w.sum(axis=1, keepdims=True)
 
 
 def posterior_mean_importance(prior_samples, xt, alpha, sigma):

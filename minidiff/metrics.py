@@ -167,6 +167,22 @@ def evaluate_samples(images, labels, classifier_params, rng):
             "fd_real_aligned": fd_class_means_aligned(f_train, train_y, f_test, test_y)}
 
 
+def format_report(r):
+    """``evaluate_samples``' result as the lines ``python -m minidiff evaluate`` prints."""
+    sp, sr = r["spread"], r["spread_real"]
+    return "\n".join([
+        f"{r['n']} samples: FD-MNIST {r['fd']:.2f} (real-vs-real baseline {r['fd_real']:.2f}, "
+        f"ratio {r['fd'] / r['fd_real']:.2f}); classifier agrees with the requested class on "
+        f"{100 * r['agreement']:.1f}%",
+        f"feature spread (law of total variance): between classes {sp['between']:.0f} (test "
+        f"digits {sr['between']:.0f}), within a class {sp['within']:.0f} ({sr['within']:.0f})",
+        f"with each class's mean moved onto the test digits' class mean: FD-MNIST "
+        f"{r['fd_aligned']:.2f} (real-vs-real {r['fd_real_aligned']:.2f}); the rest of the FD "
+        "is where the class means sit",
+        "FD-MNIST is the Frechet distance on minidiff's MNIST classifier's features, not the "
+        "Inception FID."])
+
+
 def mmd2(x, y, bandwidth=None):
     """Unbiased squared MMD with ``k(a, b) = exp(-|a - b|² / (2 h²))``; ``h`` defaults to the
     median pairwise distance of the pooled sample (the median heuristic)."""

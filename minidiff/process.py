@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as onp
 
-from .targets import convert, per_sample
+from .targets import check_positive, convert, per_sample
 
 
 class GaussianPath:
@@ -84,14 +84,48 @@ class DiscreteVP(GaussianPath):
     def T(self):
         return self.alpha_bar.size
 
+    @property
+    def ratios(self):
+        """``sigma / alpha = sqrt((1 - alpha_bar) / alpha_bar)`` at every step ``(T,)``: the
+        noise level of each step in the sigma frame (Karras et al. 2022; diffusers' and
+        k-diffusion's ``sigmas`` of a discrete schedule)."""
+        return onp.sqrt((1.0 - self.alpha_bar) / self.alpha_bar)
+
     def _index(self, t):
         return check_step(t, self.T)
 
+    def _fractional_ratio(self, t):
+        """``sigma / alpha`` at a fractional step: linear in ``log(sigma / alpha)`` between the
+        neighbouring integer steps (the inverse of ``t_from_ratio``)."""
+        t = onp.asarray(t, dtype=onp.float64)
+        if not onp.all((t >= 0) & (t <= self.T - 1)):
+            raise ValueError(f"a fractional step must lie in [0, {self.T - 1}] (got {t!r})")
+        return onp.exp(onp.interp(t, onp.arange(self.T), onp.log(self.ratios)))
+
     def alpha(self, t):
+        """``sqrt(alpha_bar[t])`` at an integer step; at a fractional one (float ``t``), the
+        alpha of the interpolated ``sigma / alpha`` on the same VP path, ``1 / sqrt(1 + r²)``."""
+        if onp.issubdtype(onp.asarray(t).dtype, onp.floating):
+            return 1.0 / onp.sqrt(1.0 + self._fractional_ratio(t) ** 2)
         return onp.sqrt(self.alpha_bar[self._index(t)])
 
     def sigma(self, t):
+        """``sqrt(1 - alpha_bar[t])``; at a fractional step ``r / sqrt(1 + r²)``."""
+        if onp.issubdtype(onp.asarray(t).dtype, onp.floating):
+            r = self._fractional_ratio(t)
+            return r / onp.sqrt(1.0 + r * r)
         return onp.sqrt(1.0 - self.alpha_bar[self._index(t)])
+
+    def t_from_ratio(self, r):
+        """The fractional step index at which ``sigma / alpha = r``, so that every sampler on a
+        sigma grid (``samplers.py``, Karras et al.'s grid included) can drive a model trained
+        on the discrete chain. Between two steps the index is linear in ``log(sigma / alpha)``:
+        the rule of diffusers' ``_sigma_to_t`` and k-diffusion's ``DiscreteSchedule.sigma_to_t``.
+        A level outside the chain's range is clipped to its first or last step, as both do
+        (the network was never trained beyond them); ``r`` must be positive."""
+        r = _ratio(r)
+        log_ratios = onp.log(self.ratios)  # increasing with the step
+        return onp.interp(onp.log(r), log_ratios, onp.arange(self.T, dtype=onp.float64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +147,16 @@ class SigmaPath(GaussianPath):
 
     def dsigma(self, t):
         return onp.ones_like(onp.asarray(t, dtype=onp.float64))
+
+
+def _ratio(r, allow_zero=False):
+    """A noise level ``sigma / alpha``: positive (or zero, where the path reaches the data) and
+    finite."""
+    r = onp.asarray(r, dtype=onp.float64)
+    if not onp.all(onp.isfinite(r) & ((r >= 0) if allow_zero else (r > 0))):
+        raise ValueError(f"`r` (= sigma / alpha, a noise level) must be "
+                         f"{'non-negative' if allow_zero else 'positive'} and finite (got {r!r})")
+    return r
 
 
 def check_step(i, T):
@@ -144,6 +188,13 @@ class VP(GaussianPath):
     beta_min: float = 0.1
     beta_max: float = 20.0
 
+    def __post_init__(self):
+        check_positive(self.beta_min, "beta_min", allow_zero=True, why=": it is a rate")
+        check_positive(self.beta_max, "beta_max", why=": it is a rate")
+        if not self.beta_min <= self.beta_max:
+            raise ValueError(f"need `beta_min` <= `beta_max` (got {self.beta_min}, "
+                             f"{self.beta_max})")
+
     def beta(self, t):
         return self.beta_min + _times(t) * (self.beta_max - self.beta_min)
 
@@ -169,7 +220,7 @@ class VP(GaussianPath):
         ``B(t) = log(1 + r²)``, a quadratic in ``t``."""
         if type(self) is not VP:
             raise NotImplementedError("t_from_ratio is written for the VP path")
-        b = onp.log1p(onp.asarray(r, dtype=onp.float64) ** 2)
+        b = onp.log1p(_ratio(r, allow_zero=True) ** 2)
         k = self.beta_max - self.beta_min
         return (-self.beta_min + onp.sqrt(self.beta_min**2 + 2 * k * b)) / k
 
@@ -196,6 +247,13 @@ class VE(GaussianPath):
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0
+
+    def __post_init__(self):
+        check_positive(self.sigma_min, "sigma_min", why=": it is a standard deviation")
+        check_positive(self.sigma_max, "sigma_max", why=": it is a standard deviation")
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(f"need `sigma_min` < `sigma_max` (got {self.sigma_min}, "
+                             f"{self.sigma_max})")
 
     def alpha(self, t):
         return onp.ones_like(_times(t))
@@ -230,7 +288,7 @@ class Linear(GaussianPath):
 
     def t_from_ratio(self, r):
         """The time at which ``sigma / alpha = t / (1 - t) = r``: ``t = r / (1 + r)``."""
-        r = onp.asarray(r, dtype=onp.float64)
+        r = _ratio(r, allow_zero=True)
         return r / (1.0 + r)
 
     @staticmethod

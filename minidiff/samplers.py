@@ -28,12 +28,16 @@ def denoiser_from_path(predict, kind, path):
     ``predict(x_t, t) -> prediction of kind``. In the sigma frame the state is ``x = x_t / alpha``
     at noise level ``sigma / alpha``, so ``D(x, s)`` evaluates the model at the time ``t`` with
     ``sigma(t) / alpha(t) = s`` (``path.t_from_ratio``), on ``x_t = alpha(t) x``, and converts
-    its output to ``x0`` (``targets.convert``)."""
+    its output to ``x0`` (``targets.convert``). A model on DDPM's discrete chain
+    (``process.DiscreteVP``) is evaluated at the fractional step ``t_from_ratio`` gives, as
+    diffusers and k-diffusion do: so every sampler here drives a discrete-time model on any grid,
+    Karras et al.'s included."""
     def denoiser(x, s):
         t = float(path.t_from_ratio(s))
         a, sg = float(path.alpha(t)), float(path.sigma(t))
         xt = a * x
-        derivs = {"dalpha": float(path.dalpha(t)), "dsigma": float(path.dsigma(t))}
+        derivs = {"dalpha": float(path.dalpha(t)), "dsigma": float(path.dsigma(t))} \
+            if kind == "velocity" else {}
         return convert(predict(xt, t), kind, "x0", xt, a, sg, **derivs)
     return denoiser
 
@@ -44,8 +48,10 @@ def karras_sigmas(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
     a final 0. ``rho = 7`` spends more steps at low noise."""
     if not (isinstance(n, int | onp.integer) and n >= 2):
         raise ValueError(f"`n` must be an integer >= 2 (got {n!r})")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max (got {sigma_min}, {sigma_max})")
+    if not 0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(f"need 0 < `sigma_min` < `sigma_max` (got {sigma_min}, {sigma_max})")
+    if not 0 < rho < math.inf:
+        raise ValueError(f"`rho` must be positive (got {rho})")
     ramp = onp.linspace(0, 1, n)
     inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
     return onp.append(inv**rho, 0.0)
@@ -81,6 +87,8 @@ def heun(denoiser, x, sigmas, rng=None, churn=0.0, s_tmin=0.0, s_tmax=float("inf
     ``sigma_next = 0``. ``churn = 0`` is the deterministic 2nd-order ODE solver."""
     sigmas = _check(sigmas)
     n = len(sigmas) - 1
+    if not (0 <= churn < math.inf and 0 <= s_noise < math.inf):  # also refuses NaN
+        raise ValueError(f"`churn` and `s_noise` must be non-negative (got {churn}, {s_noise})")
     if churn > 0 and rng is None:
         raise ValueError("`rng` is needed when churn > 0")
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
@@ -103,6 +111,10 @@ def euler_ancestral(denoiser, x, sigmas, rng, eta=1.0):
     ``sigma_down = sqrt(sigma_next² - sigma_up²)``. With ``eta = 1`` this is the variance
     ``sigma_up²`` of DDPM's posterior written in the sigma frame."""
     sigmas = _check(sigmas)
+    if not 0.0 <= eta <= 1.0:  # also refuses NaN
+        raise ValueError(f"`eta` must lie in [0, 1] (got {eta}): 0 is the ODE, 1 DDPM's noise")
+    if not isinstance(rng, onp.random.Generator):
+        raise TypeError(f"`rng` must be a numpy.random.Generator (got {type(rng).__name__})")
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
         down = math.sqrt(s_next**2 - up**2)

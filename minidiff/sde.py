@@ -47,6 +47,8 @@ def euler_maruyama(score, path, x, rng, steps=500, t_start=1.0, t_end=1e-3, deno
     ``x <- x - drift dt + g sqrt(dt) z`` for ``dt > 0`` going backwards in time. With ``denoise``,
     the last step adds no noise (it returns the step's mean, as score_sde does)."""
     ts = _check_grid(t_start, t_end, steps)
+    if not isinstance(rng, onp.random.Generator):
+        raise TypeError(f"`rng` must be a numpy.random.Generator (got {type(rng).__name__})")
     path_out = [x] if return_path else None
     for k in range(steps):
         t, dt = ts[k], ts[k] - ts[k + 1]
@@ -63,6 +65,9 @@ def langevin_corrector(score, path, x, t, t_prev, rng, snr=0.16, n_steps=1):
     Algorithms 4-5): ``x <- x + e s + sqrt(2 e) z`` with the step set by a target signal-to-noise
     ratio, ``e = 2 a (snr |z| / |s|)²`` (norms averaged over the batch, as in the paper's code),
     ``a = (alpha(t_prev) / alpha(t))²`` (``1 - beta_i`` for VP, 1 for VE)."""
+    if not (0 < snr < math.inf and isinstance(n_steps, int) and n_steps >= 0):
+        raise ValueError(f"`snr` must be positive and `n_steps` a non-negative integer (got "
+                         f"{snr}, {n_steps!r})")
     a = float(path.alpha(t_prev) / path.alpha(t)) ** 2 if t_prev is not None else 1.0
     for _ in range(n_steps):
         s = score(x, t)

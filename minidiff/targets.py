@@ -28,11 +28,23 @@ from autograd.tracer import getval
 KINDS = ("eps", "x0", "v", "velocity", "score")
 
 
+def check_positive(value, name, allow_zero=False, why=""):
+    """``value`` (a number or an array) as float64, checked to be finite and positive (or
+    non-negative): a ``ValueError`` naming ``name`` otherwise, never a NaN later."""
+    v = onp.asarray(getval(value), dtype=onp.float64)
+    if v.size == 0 or not onp.all(onp.isfinite(v) & ((v >= 0) if allow_zero else (v > 0))):
+        bad = v.min() if v.size and not onp.isnan(v).any() else value
+        raise ValueError(f"`{name}` must be {'non-negative' if allow_zero else 'positive'} and "
+                         f"finite (got {bad}){why}")
+    return v
+
+
 def per_sample(c, x, name="coefficient", positive=False):
     """Reshape a scalar or ``(N,)`` coefficient ``c`` to broadcast against ``x: (N, ...)``."""
     value = onp.asarray(getval(c))
-    if positive and not onp.all(value > 0):
-        raise ValueError(f"`{name}` must be positive (got {value.min() if value.size else value})")
+    if positive and not onp.all((value > 0) & onp.isfinite(value)):
+        raise ValueError(f"`{name}` must be positive and finite (got "
+                         f"{value.min() if value.size else value})")
     if value.ndim == 0:
         return c
     if value.ndim != 1 or value.shape[0] != np.shape(x)[0]:
@@ -60,6 +72,7 @@ def eps_from_score(score, sigma):
 
 def x0_from_eps(eps, xt, alpha, sigma):
     """``x0 = (x_t - sigma eps) / alpha`` (Ho et al. 2020, eq. (15))."""
+    check_positive(sigma, "sigma", allow_zero=True, why=": it is a standard deviation")
     a = per_sample(alpha, xt, "alpha", positive=True)
     return (xt - per_sample(sigma, xt, "sigma") * eps) / a
 
@@ -217,6 +230,8 @@ def min_snr_weight(kind, alpha, sigma, gamma=5.0, dalpha=None, dsigma=None):
     Expressed as a weight on the ``kind`` loss this is ``min(SNR, gamma) / x0_error_factor`` —
     ``min(SNR, gamma)/SNR`` for eps, ``min(SNR, gamma)/(SNR + 1)`` for v on a VP path — so the three
     weighted losses are one and the same objective."""
+    if not gamma > 0:  # refuses NaN too; gamma = inf is no cap: the weight of the plain loss
+        raise ValueError(f"`gamma` must be positive (got {gamma}): it caps the SNR")
     snr = (onp.asarray(alpha, dtype=float) / onp.asarray(sigma, dtype=float)) ** 2
     return onp.minimum(snr, gamma) / x0_error_factor(kind, alpha, sigma, dalpha, dsigma)
 
@@ -247,9 +262,8 @@ def edm_precond(sigma, sigma_data=0.5):
     """EDM's preconditioning (Karras et al. 2022, table 1, "Ours"):
     ``c_skip = sd² / (sigma² + sd²)``, ``c_out = sigma sd / sqrt(sigma² + sd²)``,
     ``c_in = 1 / sqrt(sigma² + sd²)``, ``c_noise = ln(sigma) / 4``. Returns the four as arrays."""
-    sigma = onp.asarray(sigma, dtype=onp.float64)
-    if not onp.all(sigma > 0):
-        raise ValueError(f"`sigma` must be positive (got min {sigma.min()})")
+    sigma = check_positive(sigma, "sigma", why=": it is a noise level")
+    check_positive(sigma_data, "sigma_data", why=": it is the data's standard deviation")
     total = sigma**2 + sigma_data**2
     return (sigma_data**2 / total, sigma * sigma_data / onp.sqrt(total), 1.0 / onp.sqrt(total),
             0.25 * onp.log(sigma))
@@ -267,7 +281,8 @@ def edm_denoiser(net, sigma_data=0.5):
 
 def edm_loss_weight(sigma, sigma_data=0.5):
     """``lambda(sigma) = (sigma² + sd²) / (sigma sd)² = 1 / c_out²`` (Karras et al. 2022, tab 1)."""
-    sigma = onp.asarray(sigma, dtype=onp.float64)
+    sigma = check_positive(sigma, "sigma", why=": it is a noise level")
+    check_positive(sigma_data, "sigma_data", why=": it is the data's standard deviation")
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
@@ -281,6 +296,7 @@ def edm_effective_target(x0, eps, sigma, sigma_data=0.5):
 
 def edm_sigmas(n, rng, p_mean=-1.2, p_std=1.2):
     """Training noise levels: ``ln sigma ~ N(P_mean, P_std²)`` (Karras et al. 2022, table 1)."""
+    check_positive(p_std, "p_std", why=": it is a standard deviation")
     return onp.exp(p_mean + p_std * rng.standard_normal(n))
 
 

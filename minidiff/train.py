@@ -15,6 +15,7 @@
 
 import dataclasses
 import math
+import os
 
 import autograd
 import numpy as onp
@@ -53,11 +54,40 @@ def init_state(params, seed):
     return TrainState(params, adam_init(params), tree_map(onp.copy, params), 0, rng)
 
 
-def save_state(path, state):
-    """Write a resumable checkpoint of ``state`` (atomic, no pickle; see ``nn.checkpoint``)."""
+def save_state(path, state, run=None):
+    """Write a resumable checkpoint of ``state`` (atomic, no pickle; see ``nn.checkpoint``).
+    ``run`` (JSON-able) records the arguments that define the run (``run_of`` reads them back),
+    so that a later run can refuse to resume a checkpoint made with other arguments."""
     tree = {"params": state.params, "opt": state.opt, "ema": state.ema}
     rng_state = state.rng.bit_generator.state  # a dict of Python ints: JSON holds them exactly
-    checkpoint.save(path, tree, step=int(state.step), rng=rng_state)
+    checkpoint.save(path, tree, step=int(state.step), rng=rng_state, run=run)
+
+
+def run_of(path):
+    """The ``run`` arguments a checkpoint was saved with (None if it recorded none)."""
+    return checkpoint.load(path)[1].get("run")
+
+
+def resume_or_init(path, run, init):
+    """The state a run starts from: the checkpoint at ``path`` if there is one, else ``init()``.
+
+    A checkpoint made with other ``run`` arguments is refused with a ``ValueError`` that names
+    each one that differs (resuming it would train a different run and record false
+    provenance); the total number of steps is not part of ``run``, so a finished run can be
+    continued further. Temporary files left by a save that was killed are deleted first.
+    Returns ``(state, resumed)``."""
+    for stale in checkpoint.stale_temporaries(path):
+        stale.unlink()
+    if not os.path.exists(path):
+        return init(), False
+    saved = run_of(path) or {}
+    differ = [k for k in run if k in saved and saved[k] != run[k]]
+    if differ:
+        raise ValueError(f"{path!s} is the checkpoint of another run ("
+                         + ", ".join(f"--{k.replace('_', '-')} {saved[k]} there, {run[k]} here"
+                                     for k in differ)
+                         + "): pass --checkpoint for a new run, or delete it")
+    return load_state(path), True
 
 
 def load_state(path):
@@ -73,14 +103,16 @@ def load_state(path):
 
 
 def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=None, ema=0.999,
-          ema_warmup=True, checkpoint_path=None, checkpoint_every=None, value_and_grad=None):
+          ema_warmup=True, checkpoint_path=None, checkpoint_every=None, value_and_grad=None,
+          run=None):
     """Run from ``state.step`` up to ``steps`` total steps, yielding one record per step.
 
     ``lr`` is the peak Adam rate, reached linearly over ``warmup`` steps and (``cooldown > 0``)
     brought down linearly to zero over the last ``cooldown`` steps (``nn.lr_schedule``); ``clip``
     is a maximum global gradient norm (``None``: no clipping); ``ema`` is the EMA decay (warmed
     up as in ``nn.ema_decay`` unless ``ema_warmup=False``). With ``checkpoint_path``, a
-    resumable checkpoint is written every ``checkpoint_every`` steps and at the end.
+    resumable checkpoint is written every ``checkpoint_every`` steps and at the end, recording
+    ``run`` (``save_state``).
     ``value_and_grad(params, batch)`` replaces ``autograd.value_and_grad(loss)`` (e.g.
     ``parallel.DataParallel``; ``loss`` is then not called).
     """
@@ -111,7 +143,7 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=N
         if checkpoint_path is not None and (
             state.step == steps or (checkpoint_every and state.step % checkpoint_every == 0)
         ):
-            save_state(checkpoint_path, state)
+            save_state(checkpoint_path, state, run)
         yield {"step": state.step, "loss": value, "grad_norm": grad_norm, "lr": lr_now,
                "state": state}
 

@@ -30,9 +30,9 @@
 #
 # This chapter builds the pieces (convolution, normalisation, attention as autograd primitives
 # with hand-written gradients), the network, and the evaluation kit, and it samples the shipped
-# model. Code: `minidiff/nn/conv.py`, `minidiff/models/unet.py`, `minidiff/pipeline.py`,
+# model. Code: `minidiff/nn/conv.py`, `minidiff/models/unet.py`, `minidiff/images.py`, `minidiff/guidance.py`,
 # `minidiff/metrics.py`. Proofs: `tests/test_conv.py`, `tests/test_unet.py`,
-# `tests/test_metrics.py`, `tests/test_pipeline.py`.
+# `tests/test_metrics.py`, `tests/test_images.py`.
 
 # %%
 import functools
@@ -46,12 +46,12 @@ import numpy as np
 from autograd.test_util import check_grads
 from scipy.signal import correlate
 
-from minidiff import ddpm, metrics, nn, pipeline, plot, targets
+from minidiff import ddpm, images, metrics, nn, plot, targets
 from minidiff.datasets import mnist
-from minidiff.models import classifier, ideal, unet
+from minidiff.models import classifier, unet
 from minidiff.nn import checkpoint, conv
 from minidiff.nn.memory import keep_freed_memory
-from minidiff.parallel import DataParallel
+from minidiff.nn.parallel import DataParallel
 
 FAST = os.environ.get("MINIDIFF_FAST") == "1"
 keep_freed_memory()  # a process-wide allocator choice for image work (see section 4)
@@ -134,14 +134,14 @@ print("output shape", out.shape, "| untrained output is all zeros:", bool(np.all
 # ## 3. Training, and the shipped weights
 #
 # The objective is DDPM's $L_\text{simple}$ (chapter 3) with labels dropped to the null class
-# (`pipeline.mnist_batches`; half of the time in the shipped recipe, `--p-uncond 0.5`, where a
+# (`images.mnist_batches`; half of the time in the shipped recipe, `--p-uncond 0.5`, where a
 # tenth is the common choice: section 5 says why), trained by the shared loop with warm-up,
 # clipping, a warmed-up EMA and a linear fall of the learning rate to zero over the last fifth of
 # the run (`--cooldown`), each batch split over two worker processes (`--workers 2`, section 6).
 # A full run is the command stored with the weights; the notebook loads them.
 
 # %%
-apply, params, cfg, meta = pipeline.load_model("../data/weights/unet_mnist.npz")
+apply, params, cfg, meta = images.load_model("../data/weights/unet_mnist.npz")
 print("made by:", meta["command"])
 print(f"steps {meta['steps']}, batch {meta['batch_size']}, seed {meta['seed']}, "
       f"labels dropped {meta['p_uncond']:.0%}, training time "
@@ -149,10 +149,10 @@ print(f"steps {meta['steps']}, batch {meta['batch_size']}, seed {meta['seed']}, 
 if FAST:  # a few seconds of training, to show the loop runs from here too
     from minidiff import train
 
-    images, labels = mnist("train")
+    digits, labels = mnist("train")
     state = train.init_state(unet.init(rng, cfg), seed=0)
-    batch_fn = pipeline.mnist_batches(ddpm.schedule("linear"), images, labels, 8)
-    state, losses = train.fit(pipeline.denoising_loss(unet.apply, cfg), state, batch_fn, 3,
+    batch_fn = images.mnist_batches(ddpm.schedule("linear"), digits, labels, 8)
+    state, losses = train.fit(images.denoising_loss(unet.apply, cfg), state, batch_fn, 3,
                               progress=False)
     print("3 training steps, losses", np.round(losses, 3))
 
@@ -171,7 +171,7 @@ n_per_class = 2 if FAST else 8
 steps = 20 if FAST else 100
 labels = np.repeat(np.arange(10), n_per_class)
 t0 = time.perf_counter()
-guided = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(1), steps=steps,
+guided = images.sample(apply, params, cfg, labels, np.random.default_rng(1), steps=steps,
                          guidance=2.0)
 print(f"{len(labels)} samples, {steps} DDIM steps, guidance 2: {time.perf_counter() - t0:.0f} s")
 fig, ax = plt.subplots(figsize=(10, n_per_class))
@@ -214,8 +214,8 @@ for i in (100, 500, 700, 900):
 # The fix chapter 5 suggests is to predict $v = \sqrt{\bar\alpha}\,\epsilon - \sqrt{1-\bar\alpha}\,
 # x_0$ instead (Salimans & Ho 2022, sec. 4): at high noise the network outputs about $-x_0$
 # directly, and its loss weighs the $x_0$ error by $\mathrm{SNR} + 1$ instead of $\mathrm{SNR}$
-# (`targets.x0_error_factor`). `train unet --target v` does that; `pipeline.load_model` converts
-# any target back to $\epsilon$ (`pipeline.eps_network`), so sampling and guidance do not change.
+# (`targets.x0_error_factor`). `train unet --target v` does that; `images.load_model` converts
+# any target back to $\epsilon$ (`images.eps_network`), so sampling and guidance do not change.
 # Measured with the recipe of an earlier shipped model (2,000 steps at batch 64, two workers, a
 # tenth of the labels dropped): the clipped bias at $i = 900$ fell from $+0.29$ to $+0.016$ — and
 # FD-MNIST at guidance 2 got *worse* (300 images, 50 DDIM steps: 35.4 against 29.4 for the same
@@ -303,10 +303,10 @@ print(f"n = {len(labels)}: FD-MNIST {fd:.1f} -> {aligned:.1f} with the class mea
 # %%
 n_train = 10_000 if FAST else 60_000  # fast mode: a sixth of the training set, six times faster
 train_x, train_y = (a[:n_train] for a in mnist("train"))
-exact_params = ideal.init(train_x, train_y)
+exact_apply, exact_params, exact_cfg = images.ideal_model(train_x, train_y)
 t0 = time.perf_counter()
-exact = pipeline.sample(ideal.apply, exact_params, ideal.IdealConfig(), labels,
-                        np.random.default_rng(1), steps=steps, guidance=2.0)
+exact = images.sample(exact_apply, exact_params, exact_cfg, labels,
+                      np.random.default_rng(1), steps=steps, guidance=2.0)
 print(f"{len(labels)} samples of the ideal denoiser, guidance 2: {time.perf_counter() - t0:.0f} s")
 
 
@@ -370,7 +370,7 @@ plt.show()
 # class of the digit is decided, gives the test digits' spread, and the later steps add the push:
 
 # %%
-banded = pipeline.sample(apply, params, cfg, labels, np.random.default_rng(1), steps=steps,
+banded = images.sample(apply, params, cfg, labels, np.random.default_rng(1), steps=steps,
                          guidance=2.0, guidance_interval=(600, 1000))
 spread_banded = metrics.class_spread(metrics.classifier_features(clf, banded), labels)
 print(f"between / within classes, n = {len(labels)}:")
@@ -407,7 +407,7 @@ print(f"median |eps_c - eps_u| over {n_probe} test digits noised to step i:")
 for i in (100, 300, 500, 700):
     xt = ddpm.q_sample(sched, probe_x, i, probe_rng.standard_normal(probe_x.shape))
     xt, t = xt.astype(np.float32), np.full(n_probe, float(i), np.float32)
-    for name, f, p, c in [("ideal", ideal.apply, exact_params, ideal.IdealConfig()),
+    for name, f, p, c in [("ideal", exact_apply, exact_params, exact_cfg),
                           ("U-Net", apply, params, cfg)]:
         d = (f(p, xt, t, probe_y, c) - f(p, xt, t, null, c)).reshape(n_probe, -1)
         gap[name, i] = np.median(np.linalg.norm(d, axis=1))
@@ -506,7 +506,7 @@ print("autograd grad of np.mean:", autograd.grad(lambda v: anp.mean(v * v))(x32)
 #    rather than slicing (whose gradient is zeros plus `np.add.at`).
 # 6. **Two processes, not two threads.** OpenBLAS runs the GEMMs on both cores, but every
 #    elementwise pass, copy and reduction in NumPy runs on one: about half of the step left the
-#    second core idle. `parallel.DataParallel` splits each batch over two worker processes with
+#    second core idle. `nn.parallel.DataParallel` splits each batch over two worker processes with
 #    one BLAS thread each. For a loss that is a mean over the batch, cut into shards of sizes
 #    $n_k$ adding up to $N$,
 #    $$\nabla_\theta L = \sum_k \frac{n_k}{N}\,\nabla_\theta L_k,$$
@@ -523,12 +523,12 @@ tiny = unet.UNetConfig(resolution=8, channels=(4, 8), num_res_blocks=1, attentio
 tiny_params = nn.tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape),
                           unet.init(rng, tiny, dtype=np.float64))
 tiny_x0 = rng.uniform(-1, 1, (7, 1, 8, 8))
-tiny_batch = pipeline.mnist_batches(ddpm.schedule("linear"), tiny_x0, rng.integers(0, 10, 7),
+tiny_batch = images.mnist_batches(ddpm.schedule("linear"), tiny_x0, rng.integers(0, 10, 7),
                                     7)(rng)
 tiny_batch["xt"] = tiny_batch["xt"].astype(np.float64)
 tiny_batch["eps"] = tiny_batch["eps"].astype(np.float64)
-_, g_one = autograd.value_and_grad(pipeline.denoising_loss(unet.apply, tiny))(tiny_params, tiny_batch)
-with DataParallel(functools.partial(pipeline.image_loss, "minidiff.models.unet", tiny),
+_, g_one = autograd.value_and_grad(images.denoising_loss(unet.apply, tiny))(tiny_params, tiny_batch)
+with DataParallel(functools.partial(images.image_loss, "minidiff.models.unet", tiny),
                   tiny_params, workers=2) as workers:
     _, g_two = workers(tiny_params, tiny_batch)
 dp_err = max(float(np.abs(a - b).max())

@@ -25,8 +25,8 @@
 #
 # The paper works in a VAE latent (chapter 8); here the "latent" is the 28x28 MNIST image itself,
 # so this is a pixel-space DiT. Code: `minidiff/models/dit.py`, the fused GELU and modulated
-# layer norm in `minidiff/nn/layers.py`, the sweep in `minidiff/pipeline.py`. Proofs:
-# `tests/test_dit.py`, `tests/test_nn.py`, `tests/test_pipeline.py`, `tests/test_shipped.py`.
+# layer norm in `minidiff/nn/layers.py`, the sweep in `minidiff/tools/sweep.py`. Proofs:
+# `tests/test_dit.py`, `tests/test_nn.py`, `tests/test_images.py`, `tests/test_sweep.py`, `tests/test_shipped.py`.
 
 # %%
 import json
@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from autograd.test_util import check_grads
 
-from minidiff import ddpm, metrics, nn, pipeline, plot
+from minidiff import ddpm, images, metrics, nn, plot
 from minidiff.datasets import mnist
 from minidiff.models import dit
 from minidiff.nn import checkpoint
@@ -57,8 +57,8 @@ plt.rcParams["figure.dpi"] = 64
 # tokens of 16 pixels; $p = 2$ gives 196 tokens, $p = 7$ gives 16. Halving $p$ quadruples $T$.
 
 # %%
-images, labels = mnist("test")
-digit = images[:1].astype(np.float32)  # (1, 1, 28, 28)
+digits, labels = mnist("test")
+digit = digits[:1].astype(np.float32)  # (1, 1, 28, 28)
 for p in (7, 4, 2):
     tokens = dit.patchify(digit, p)
     back = dit.unpatchify(tokens, p, 1)
@@ -199,7 +199,7 @@ print("ours, default (patch 4, width 128, depth 4):", f"{1e3 * dit.gflops(dit.Di
 # %% [markdown]
 # ## 5. The shipped DiT
 #
-# Trained with the chapter 6 recipe (`pipeline.train_mnist`: label dropout 10%, Adam with
+# Trained with the chapter 6 recipe (`images.train_mnist`: label dropout 10%, Adam with
 # warm-up, clipping, warmed-up EMA) with one change: the noise-prediction loss is weighted by
 # **Min-SNR-5** (Hang et al. 2023; chapter 5), `min(SNR, 5) / SNR` in the eps frame, which spends
 # less of the gradient on the nearly clean steps. Same command, seed and budget otherwise, the
@@ -208,7 +208,7 @@ print("ours, default (patch 4, width 128, depth 4):", f"{1e3 * dit.gflops(dit.Di
 # leaves a short run weakly class-conditioned.
 
 # %%
-apply, params, cfg, meta = pipeline.load_model("../data/weights/dit_mnist.npz")
+apply, params, cfg, meta = images.load_model("../data/weights/dit_mnist.npz")
 print("made by:", meta["command"])
 print(f"steps {meta['steps']}, batch {meta['batch_size']}, seed {meta['seed']}, training time "
       f"{meta['train_seconds_this_run'] / 60:.1f} min on 2 cores; final loss "
@@ -218,7 +218,7 @@ if FAST:  # a few steps from scratch, to show the loop runs from here too
 
     tr_x, tr_y = mnist("train")
     state = train.init_state(dit.init(rng, cfg), seed=0)
-    state, losses = pipeline.train_mnist(dit, cfg, state, tr_x, tr_y, 3, batch_size=8,
+    state, losses = images.train_mnist(dit, cfg, state, tr_x, tr_y, 3, batch_size=8,
                                          progress=False)
     print("3 training steps, losses", np.round(losses, 3))
 
@@ -226,7 +226,7 @@ n_per_class = 2 if FAST else 8
 steps = 20 if FAST else 100
 sample_labels = np.repeat(np.arange(10), n_per_class)
 t0 = time.perf_counter()
-guided = pipeline.sample(apply, params, cfg, sample_labels, np.random.default_rng(1),
+guided = images.sample(apply, params, cfg, sample_labels, np.random.default_rng(1),
                          steps=steps, guidance=2.0)
 print(f"{len(sample_labels)} samples, {steps} DDIM steps, guidance 2: "
       f"{time.perf_counter() - t0:.1f} s")
@@ -249,9 +249,9 @@ print(f"n = {r['n']} (FD is biased upwards at small n): FD-MNIST {r['fd']:.1f}, 
 
 # %%
 sched = ddpm.schedule("linear")
-u_apply, u_params, u_cfg, _ = pipeline.load_model("../data/weights/unet_mnist.npz")
+u_apply, u_params, u_cfg, _ = images.load_model("../data/weights/unet_mnist.npz")
 n_probe = 32 if FAST else 200
-probe_x = images[:n_probe].astype(np.float32)
+probe_x = digits[:n_probe].astype(np.float32)
 probe_y = labels[:n_probe]
 steps_probe = [0, 50, 150, 300, 500, 700, 900, 999]
 errs = {"U-Net": [], "DiT": []}

@@ -5,8 +5,9 @@ parameter count, and the DiT twin loaded with the numpy weights computes the sam
 import numpy as np
 import pytest
 
-from minidiff import bench, nn
+from minidiff import nn
 from minidiff.models import dit, unet
+from minidiff.tools import bench
 
 
 @pytest.mark.parametrize("model", ["unet", "dit"])
@@ -19,7 +20,7 @@ def test_numpy_step_runs_and_reports(model):
 
 def test_torch_twin_has_the_same_architecture():
     pytest.importorskip("torch")
-    from minidiff.bench_torch import TorchUNet
+    from minidiff.tools.torch_twins import TorchUNet
 
     twin = TorchUNet()
     numpy_params = nn.tree_size(unet.init(np.random.default_rng(0), unet.UNetConfig()))
@@ -28,7 +29,7 @@ def test_torch_twin_has_the_same_architecture():
 
 def test_torch_dit_twin_computes_the_same_function():
     torch = pytest.importorskip("torch")
-    from minidiff.bench_torch import TorchDiT
+    from minidiff.tools.torch_twins import TorchDiT
 
     rng = np.random.default_rng(0)
     cfg = dit.DiTConfig()

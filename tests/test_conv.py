@@ -6,7 +6,7 @@ import pytest
 from autograd.test_util import check_grads
 from scipy.signal import correlate
 
-from minidiff.nn import conv
+from minidiff.nn import attention, conv
 
 # Stride 1 stores the padding once between rows and images (conv._shifted_layout); the cases
 # cover the usual "same" convolution, padding wider than half the kernel (1x1 with padding 1,
@@ -74,8 +74,8 @@ def test_attention_against_a_naive_softmax_and_gradients(rng):
     q, k, v = rng.normal(size=(3, 5, 4)), rng.normal(size=(3, 6, 4)), rng.normal(size=(3, 6, 4))
     s = np.einsum("bqd,bkd->bqk", q, k) / 2.0
     p = np.exp(s) / np.exp(s).sum(-1, keepdims=True)
-    np.testing.assert_allclose(conv.attention(q, k, v), p @ v, rtol=1e-12)
-    check_grads(conv.attention, modes=["rev"], order=1)(q, k, v)
+    np.testing.assert_allclose(attention.attention(q, k, v), p @ v, rtol=1e-12)
+    check_grads(attention.attention, modes=["rev"], order=1)(q, k, v)
 
 
 def test_float32_stays_float32_through_every_primitive(rng):
@@ -87,7 +87,7 @@ def test_float32_stays_float32_through_every_primitive(rng):
     def loss(x, w, a, b, q):
         h = conv.group_norm_act(conv.conv2d(x, w, padding=1), a, b, 2)
         h = conv.avg_pool2(conv.upsample_nearest(h))
-        return np.sum(h * 1.0) + np.sum(conv.attention(q, q, q) * 1.0)
+        return np.sum(h * 1.0) + np.sum(attention.attention(q, q, q) * 1.0)
 
     grads = autograd.grad(loss, argnum=(0, 1, 2, 3, 4))(x, w, a, b, q)
     assert all(g.dtype == np.float32 for g in grads)

@@ -139,3 +139,15 @@ def test_mnist_refuses_tampered_data(tmp_path):
 def test_mnist_rejects_bad_split():
     with pytest.raises(ValueError, match="`split` must be 'train' or 'test'"):
         datasets.mnist("validation")
+
+
+def test_sample_files_round_trip_and_refuse_bad_content(tmp_path, rng):
+    pics = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    datasets.save_samples(tmp_path / "s.npz", pics, np.arange(5))
+    back, labels = datasets.load_samples(tmp_path / "s.npz")
+    assert np.array_equal(back, pics) and labels.dtype == np.int64
+    with pytest.raises(ValueError, match="must be uint8"):
+        datasets.save_samples(tmp_path / "t.npz", pics.astype(np.float32), np.arange(5))
+    np.savez(tmp_path / "bad.npz", pictures=pics)
+    with pytest.raises(ValueError, match="must hold `images` and `labels`"):
+        datasets.load_samples(tmp_path / "bad.npz")

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minidiff import _notebooks
+from minidiff.tools import notebooks as _notebooks
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.py"))
 

@@ -10,17 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidiff import ddpm, nn, pipeline, train
+from minidiff import ddpm, images, nn, train
 from minidiff.models import unet
-from minidiff.parallel import DataParallel, shard_sizes, split_batch
+from minidiff.nn.parallel import DataParallel, shard_sizes, split_batch
 
 TINY = unet.UNetConfig(resolution=8, channels=(4, 8), num_res_blocks=1, attention_levels=(1,),
                        head_channels=4, groups=2, num_classes=10)
 
 
 def _batch(rng, n, dtype):
-    images = rng.uniform(-1, 1, (n, 1, 8, 8)).astype(dtype)
-    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, rng.integers(0, 10, n),
+    pics = rng.uniform(-1, 1, (n, 1, 8, 8)).astype(dtype)
+    batch = images.mnist_batches(ddpm.schedule("linear"), pics, rng.integers(0, 10, n),
                                    n)(rng)
     return {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in batch.items()}
 
@@ -42,8 +42,8 @@ def test_sharded_gradient_equals_the_whole_batch_gradient(rng):
     params = nn.tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape),
                          unet.init(rng, TINY, dtype=np.float64))
     batch = _batch(rng, 7, np.float64)
-    value, grads = autograd.value_and_grad(pipeline.denoising_loss(unet.apply, TINY))(params, batch)
-    factory = functools.partial(pipeline.image_loss, "minidiff.models.unet", TINY)
+    value, grads = autograd.value_and_grad(images.denoising_loss(unet.apply, TINY))(params, batch)
+    factory = functools.partial(images.image_loss, "minidiff.models.unet", TINY)
     with DataParallel(factory, params, workers=2) as vg:
         value2, grads2 = vg(params, batch)
         # the workers see new parameters on every call
@@ -53,20 +53,20 @@ def test_sharded_gradient_equals_the_whole_batch_gradient(rng):
     for g, g2 in zip(nn.tree_leaves(grads), nn.tree_leaves(grads2), strict=True):
         assert g2.dtype == np.float64 and g2.shape == g.shape
         np.testing.assert_allclose(g2, g, rtol=1e-9, atol=1e-12)
-    assert value3 == pytest.approx(pipeline.denoising_loss(unet.apply, TINY)(moved, batch),
+    assert value3 == pytest.approx(images.denoising_loss(unet.apply, TINY)(moved, batch),
                                    rel=1e-12)
     assert 0 < vg.peak_gb < 2.0  # two small workers, summed
 
 
 def test_training_with_workers_is_deterministic_and_matches_one_process(rng):
-    images = rng.uniform(-1, 1, (64, 1, 8, 8)).astype(np.float32)
+    pics = rng.uniform(-1, 1, (64, 1, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 10, 64)
     params = unet.init(np.random.default_rng(0), TINY)
 
     def run(workers):
         # batch 7: uneven shards (4 + 3); no warm-up and a large rate, so the parameters move far
         # enough for a wrong gradient to show (the first warm-up steps would hardly move them)
-        state, losses = pipeline.train_mnist(unet, TINY, train.init_state(params, 5), images,
+        state, losses = images.train_mnist(unet, TINY, train.init_state(params, 5), pics,
                                              labels, 4, batch_size=7, lr=1e-2, warmup=0,
                                              workers=workers, progress=False)
         return state.params, losses
@@ -88,19 +88,19 @@ def test_training_with_workers_is_deterministic_and_matches_one_process(rng):
 
 def test_bad_input_and_worker_failures_are_reported(rng):
     params = unet.init(rng, TINY)
-    factory = functools.partial(pipeline.image_loss, "minidiff.models.unet", TINY)
+    factory = functools.partial(images.image_loss, "minidiff.models.unet", TINY)
     with pytest.raises(ValueError, match="`workers` must be a positive integer"):
         DataParallel(factory, params, workers=0)
     mixed = {"a": np.zeros(2, np.float32), "b": np.zeros(2, np.float64)}
     with pytest.raises(ValueError, match="one dtype for all leaves"):
         DataParallel(factory, mixed, workers=1)
     with pytest.raises(RuntimeError, match="worker failed(.|\n)*no_such_module"):
-        DataParallel(functools.partial(pipeline.image_loss, "no_such_module", TINY), params, 1)
+        DataParallel(functools.partial(images.image_loss, "no_such_module", TINY), params, 1)
     with DataParallel(factory, params, workers=2) as vg:
         with pytest.raises(ValueError, match="at least `workers` = 2 items"):
             vg(params, _batch(rng, 1, np.float32))
         wrong = _batch(rng, 4, np.float32)
-        wrong["xt"] = wrong["xt"][:, :, :4]  # 8x4 images for an 8x8 network
+        wrong["xt"] = wrong["xt"][:, :, :4]  # 8x4 pics for an 8x8 network
         with pytest.raises(RuntimeError, match="worker failed"):
             vg(params, wrong)
     with pytest.raises(RuntimeError, match="closed"):
@@ -119,7 +119,7 @@ def test_lr_schedule_warms_up_holds_and_cools_down():
 def test_map_in_processes_keeps_order_and_reports_worker_errors():
     import operator
 
-    from minidiff.parallel import map_in_processes
+    from minidiff.nn.parallel import map_in_processes
 
     seen = []
     got = map_in_processes(operator.mul, [(k, 10) for k in range(5)], workers=2,

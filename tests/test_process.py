@@ -58,3 +58,44 @@ def test_bad_input_is_named(rng):
         process.DiscreteVP(np.array([1.0, 0.0]))
     with pytest.raises(ValueError, match="one scalar time"):
         process.oracle(datasets.gmm8(), process.Linear())(np.zeros((2, 2)), np.ones(2) * 0.5)
+
+
+def test_discrete_t_from_ratio_round_trips_on_the_training_grid():
+    path = ddpm.schedule("cosine").path
+    steps = np.arange(path.T)
+    np.testing.assert_allclose(path.t_from_ratio(path.ratios), steps, rtol=0, atol=1e-9)
+    # a fractional step and its ratio invert each other; at integer steps the fractional
+    # formulas give the chain's own alpha and sigma
+    t = np.array([0.25, 17.5, 998.9])
+    np.testing.assert_allclose(path.t_from_ratio(path._fractional_ratio(t)), t, atol=1e-9)
+    np.testing.assert_allclose(path.alpha(steps.astype(float)), path.alpha(steps), atol=1e-14)
+    np.testing.assert_allclose(path.sigma(steps.astype(float)), path.sigma(steps), atol=1e-14)
+
+
+def _diffusers_sigma_to_t(sigma, log_sigmas):
+    # The rule of diffusers' EulerDiscreteScheduler._sigma_to_t, written out independently:
+    # find the neighbouring training levels in log sigma, interpolate the index linearly.
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, None]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=len(log_sigmas) - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return (1 - w) * low + w * (low + 1)
+
+
+def test_discrete_t_from_ratio_interpolates_as_diffusers_on_a_karras_grid():
+    from minidiff import samplers
+
+    path = ddpm.schedule("linear").path
+    sigmas = samplers.karras_sigmas(30, 0.002, 80.0)[:-1]  # beyond both ends of the chain's range
+    expected = _diffusers_sigma_to_t(sigmas, np.log(path.ratios))
+    np.testing.assert_allclose(path.t_from_ratio(sigmas), expected, rtol=0, atol=1e-9)
+    assert path.t_from_ratio(500.0) == 999 and path.t_from_ratio(0.002) == 0  # clipped ends
+
+
+@pytest.mark.parametrize("path", [process.VP(), process.Linear(), ddpm.schedule().path],
+                         ids=["VP", "Linear", "DiscreteVP"])
+def test_t_from_ratio_refuses_negative_and_nan_levels(path):
+    # VP.t_from_ratio(-1) used to equal t_from_ratio(1); Linear's returned 2.0 for -2.
+    for bad in (-1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="`r` .* must be"):
+            path.t_from_ratio(bad)

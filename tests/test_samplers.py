@@ -76,7 +76,7 @@ def test_ancestral_with_eta_zero_is_euler(mixture, rng):
 def test_bad_input_is_named(rng):
     with pytest.raises(ValueError, match="strictly decreasing"):
         samplers.euler(lambda x, s: x, np.zeros((2, 2)), [0.0, 1.0])
-    with pytest.raises(ValueError, match="need 0 < sigma_min < sigma_max"):
+    with pytest.raises(ValueError, match="need 0 < `sigma_min` < `sigma_max`"):
         samplers.karras_sigmas(10, 1.0, 0.5)
     with pytest.raises(ValueError, match="`rng` is needed"):
         samplers.heun(lambda x, s: x, np.zeros((2, 2)), [1.0, 0.0], churn=1.0)
@@ -91,3 +91,25 @@ def test_any_path_model_becomes_a_sigma_frame_denoiser(mixture, path, kind, rng)
     x = 3 * rng.normal(size=(20, 2))
     for s in [0.05, 0.7, 10.0]:
         np.testing.assert_allclose(D(x, s), mixture.posterior_mean(x, 1.0, s), atol=1e-9)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_ddim_eta0_is_euler_on_the_probability_flow_ode_in_the_sigma_frame(mixture, spacing):
+    # DDIM's deterministic update x_j = alpha_j x0_hat + sigma_j eps, divided by alpha_j, is
+    # y_j = x0_hat + s_j eps with y = x / alpha and s = sigma / alpha; Euler's step on
+    # dy/ds = (y - D(y, s)) / s = eps is y_j = y_i + (s_j - s_i) eps: the same point (Song, Meng &
+    # Ermon 2021, sec. 4.3; Karras et al. 2022, sec. 3). Both run here on one grid with the exact
+    # mixture denoiser, through every conversion the image samplers use; they agree to float64.
+    from minidiff import ddpm
+
+    sched = ddpm.schedule("linear")
+    path = sched.path
+    tau = ddpm.ddim_timesteps(sched.T, 20, spacing)
+    x_T = np.random.default_rng(3).standard_normal((200, 2))
+    eps_oracle = process.oracle(mixture, path, "eps")
+    ddim = ddpm.ddim_sample(lambda x, i: eps_oracle(x, i), sched, x_T, steps=20,
+                            spacing=spacing)
+    sigmas = np.append(path.ratios[tau[::-1]], 0.0)  # the same levels, high to low, then 0
+    D = samplers.denoiser_from_path(process.oracle(mixture, path, "x0"), "x0", path)
+    euler = samplers.euler(D, x_T / path.alpha(int(tau[-1])), sigmas)
+    np.testing.assert_allclose(euler, ddim, rtol=0, atol=1e-9)

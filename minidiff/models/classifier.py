@@ -5,7 +5,7 @@
     linear 64*7*7 -> 128, ReLU                        the "features" used by FD-MNIST
     linear 128 -> 10                                  logits
 
-Trained on the training split (``train_classifier``); its accuracy on the test split and its
+Trained on the training split (``images.train_classifier``); its accuracy on the test split and its
 penultimate features give the sample-quality measures of ``metrics.py``.
 """
 
@@ -53,17 +53,3 @@ def predict(params, x, batch_size=1000):
     """Predicted labels, in batches."""
     return onp.concatenate([onp.argmax(apply(params, x[i:i + batch_size]), axis=1)
                             for i in range(0, len(x), batch_size)])
-
-
-def train_classifier(images, labels, steps=1000, batch_size=128, lr=1e-3, seed=0, progress=True):
-    """Train with Adam through the shared loop (``train.fit``); returns the EMA parameters."""
-    from .. import train
-
-    def batch_fn(rng):
-        idx = rng.integers(0, len(images), size=batch_size)
-        return {"x": images[idx], "y": labels[idx]}
-
-    state = train.init_state(init(onp.random.default_rng(seed)), seed)
-    state, _ = train.fit(loss, state, batch_fn, steps, lr=lr, warmup=50, ema=0.999,
-                         progress=progress, desc="classifier")
-    return state.ema

@@ -26,7 +26,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import gelu, init_linear, linear, modulated_layer_norm, silu, sinusoidal_embedding
-from ..nn.conv import attention
+from ..nn.attention import attention
 from . import check_images, labels_or_null
 
 CONDITIONINGS = ("adaln_zero", "cross_attention", "in_context")

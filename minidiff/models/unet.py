@@ -28,7 +28,8 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import init_linear, linear, silu, sinusoidal_embedding
-from ..nn.conv import attention, avg_pool2, conv2d, group_norm_act, upsample_nearest
+from ..nn.attention import attention
+from ..nn.conv import avg_pool2, conv2d, group_norm_act, upsample_nearest
 from . import check_images, labels_or_null
 
 

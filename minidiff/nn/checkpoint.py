@@ -10,9 +10,11 @@ Layout inside the ``.npz``: ``__header__`` (a JSON string: format, version, tree
 metadata, digest) and one entry ``tree/<path>`` per leaf (paths from ``tree_flatten``).
 """
 
+import glob
 import hashlib
 import json
 import os
+import pathlib
 import tempfile
 import zipfile
 
@@ -51,8 +53,8 @@ def save(path, tree, **meta):
 def atomic_write(path, write):
     """Call ``write(file)`` on a temporary file in ``path``'s folder, flush it to disk, then
     rename it over ``path``: readers see the old file or the new one, never a partial one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".tmp")
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -68,6 +70,13 @@ def atomic_write(path, write):
         raise
 
 
+def stale_temporaries(path):
+    """The temporary files ``atomic_write`` left beside ``path`` when a save was killed
+    (``kill -9`` leaves no chance to clean up): a run deletes its own when it starts."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return sorted(pathlib.Path(folder).glob(f".{glob.escape(name)}.*.tmp"))
+
+
 def load(path):
     """Read a checkpoint written by ``save``; returns ``(tree, meta)``.
 
@@ -77,6 +86,9 @@ def load(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise ValueError(f"{path!s} is not a minidiff checkpoint: not an .npz (zip) archive")
     try:
         # Open the file ourselves: np.load leaks its handle when the zip is unreadable.
         with open(path, "rb") as fh, onp.load(fh, allow_pickle=False) as z:

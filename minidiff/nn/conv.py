@@ -1,4 +1,5 @@
-"""Convolution, resampling, group normalisation and attention as autograd primitives.
+"""Convolution, resampling and group normalisation as autograd primitives (attention:
+``nn/attention.py``).
 
 Tracing these op by op through autograd is far too slow for images, and writing their
 vector-Jacobian products by hand is the lesson: each primitive below states its forward, its VJP,
@@ -462,52 +463,3 @@ def _gn_act_vjp(argnums, ans, args, kwargs):
 
 
 defvjp_argnums(group_norm_act, _gn_act_vjp)
-
-
-# ----------------------------------------------------------------------------- attention
-
-def _softmax(s):
-    s = s - s.max(axis=-1, keepdims=True)
-    e = onp.exp(s)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-@primitive
-def attention(q, k, v):
-    """Scaled dot-product attention, softmax included (Vaswani et al. 2017, eq. (1)):
-    ``softmax(q k^T / sqrt(d)) v`` for ``q: (B, Lq, d)``, ``k, v: (B, Lk, d)`` -> ``(B, Lq, d)``.
-    Heads are folded into ``B`` by the caller. The VJP recomputes the attention matrix ``P``:
-
-        dV = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dP * P)),
-        dQ = dS K / sqrt(d),   dK = dS^T Q / sqrt(d).
-    """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    return _softmax((q @ _t(k)) * scale) @ v
-
-
-def _t(a):
-    """Batched transpose as a contiguous copy: NumPy's ``matmul`` on a transposed (strided)
-    stack falls back to a loop far slower than BLAS (measured 100x on (32, 196, 16) stacks)."""
-    return onp.ascontiguousarray(a.transpose(0, 2, 1))
-
-
-def _attention_vjp(argnums, ans, args, kwargs):
-    q, k, v = args
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    p = _softmax((q @ _t(k)) * scale)  # (B, Lq, Lk), recomputed
-
-    def vjp(g):
-        g = onp.ascontiguousarray(g, dtype=q.dtype)
-        out = {}
-        if 0 in argnums or 1 in argnums:
-            dp = g @ _t(v)
-            ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-            out[0] = (ds @ k) * scale
-            out[1] = (_t(ds) @ q) * scale
-        if 2 in argnums:
-            out[2] = _t(p) @ g
-        return tuple(out[i] for i in argnums)
-    return vjp
-
-
-defvjp_argnums(attention, _attention_vjp)

@@ -64,8 +64,7 @@ def lr_schedule(step, lr, warmup_steps, total_steps, cooldown_steps=0):
     """``warmup_lr``, then constant, then (``cooldown_steps > 0``) a linear fall over the last
     ``cooldown_steps`` of ``total_steps``: ``lr (total - step) / cooldown``, whose last step
     (``step = total - 1``) still moves by ``lr / cooldown``. The warm-up-stable-decay shape (Hu et
-    al. 2024, MiniCPM); measured on the chapter 6 U-Net: 200 falling steps after 850 constant ones
-    lowered FD-MNIST from 27.9 to 25.9 (README, chapter 6)."""
+    al. 2024, MiniCPM)."""
     rate = warmup_lr(step, lr, warmup_steps)
     if cooldown_steps > 0:
         rate *= min(1.0, (total_steps - step) / cooldown_steps)

@@ -1,13 +1,13 @@
 """``make bench``: speed and memory of a training step, as ratios within one run.
 
-    python -m minidiff.bench [--model unet dit] [--batch 64 128] [--workers 1 2] [--repeats 8]
+    python -m minidiff.tools.bench [--model unet dit] [--batch 64 128] [--workers 1 2] [--repeats 8]
 
 Times one training step (forward, backward, Adam) of the default U-Net (chapter 6) and the default
 DiT (chapter 9) in float32 at each batch size, reports samples per second and the peak resident
 memory, and — where PyTorch is installed (``pip install torch==2.13.0`` into .venv; never a
 dependency of minidiff) — times the identical architecture in PyTorch in the same run and prints
 the ratio; the numpy step runs both in one process (BLAS on two threads, everything else on
-one) and split over two worker processes with one BLAS thread each (``parallel.DataParallel``,
+one) and split over two worker processes with one BLAS thread each (``nn.parallel.DataParallel``,
 ``--workers``). Each framework runs in its own subprocess (so peaks do not mix), and they take
 turns, one step each, ``--repeats`` times after two warm-up steps: on a shared machine whose speed
 drifts by tens of percent from one minute to the next, steps timed side by side see the same
@@ -29,13 +29,13 @@ PAUSE = 0.3  # seconds between turns: idle BLAS / OpenMP threads of the other pr
 def _numpy_stepper(model, batch, workers=1):
     """``(step, info, finish)``: one training step of the numpy model, its size, and a function
     that stops it and returns the extra peak memory of its worker processes (``workers > 1``:
-    ``parallel.DataParallel``, each worker one BLAS thread)."""
+    ``nn.parallel.DataParallel``, each worker one BLAS thread)."""
     import functools
 
     import autograd
     import numpy as np
 
-    from minidiff import nn, pipeline
+    from minidiff import images, nn
     from minidiff.models import dit, unet
     from minidiff.nn.memory import keep_freed_memory
 
@@ -50,12 +50,12 @@ def _numpy_stepper(model, batch, workers=1):
             "i": rng.integers(0, 1000, batch), "y": rng.integers(0, 11, batch)}
     state = {"params": params, "opt": opt}
     if workers == 1:
-        value_and_grad = autograd.value_and_grad(pipeline.denoising_loss(arch.apply, cfg))
+        value_and_grad = autograd.value_and_grad(images.denoising_loss(arch.apply, cfg))
         finish = lambda: 0.0  # noqa: E731
     else:
-        from minidiff.parallel import DataParallel
+        from minidiff.nn.parallel import DataParallel
 
-        factory = functools.partial(pipeline.image_loss, arch.__name__, cfg)
+        factory = functools.partial(images.image_loss, arch.__name__, cfg)
         value_and_grad = DataParallel(factory, params, workers)
 
         def finish():
@@ -72,7 +72,7 @@ def _torch_stepper(model, batch):
     """``(step, info)``: one training step of the PyTorch twin, its size and thread count."""
     import torch
 
-    from minidiff.bench_torch import TorchDiT, TorchUNet
+    from minidiff.tools.torch_twins import TorchDiT, TorchUNet
 
     torch.manual_seed(0)
     model = TorchUNet() if model == "unet" else TorchDiT()
@@ -136,7 +136,7 @@ class _Child:
 
     def __init__(self, which, model, batch, workers=1):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "minidiff.bench", "--child", which, "--model", model,
+            [sys.executable, "-m", "minidiff.tools.bench", "--child", which, "--model", model,
              "--batch", str(batch), "--workers", str(workers)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.error = None

@@ -2,7 +2,7 @@
 
 The reviewed source of each notebook is ``notebooks/NN_slug.py`` (jupytext py:percent); the
 ``.ipynb`` beside it is derived from it and committed with its outputs. ``execute`` runs a
-notebook in its own folder with a fresh kernel; ``python -m minidiff._notebooks --execute
+notebook in its own folder with a fresh kernel; ``python -m minidiff.tools.notebooks --execute
 notebooks/01_*.py`` rebuilds and re-executes in full mode (``MINIDIFF_FAST`` unset) unless
 ``--fast`` is given.
 """
@@ -53,18 +53,34 @@ def execute(nb, cwd, fast, timeout=600):
                 os.environ[k] = v
 
 
+def sync_sources(nb, committed):
+    """``committed`` (an executed ``.ipynb``) with each cell's source replaced by ``nb``'s, the
+    outputs kept. Only for edits that cannot change an output (a renamed import, a comment, a
+    module moved); anything else is re-executed. Refuses notebooks whose cells do not line up."""
+    if [c.cell_type for c in nb.cells] != [c.cell_type for c in committed.cells]:
+        raise ValueError("the cells do not line up (added, removed or re-typed): re-execute it")
+    for new, old in zip(nb.cells, committed.cells, strict=True):
+        old.source = new.source
+    return committed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sources", nargs="+", help="notebooks/NN_slug.py files")
     parser.add_argument("--execute", action="store_true", help="run the cells, keep outputs")
     parser.add_argument("--fast", action="store_true", help="MINIDIFF_FAST=1")
+    parser.add_argument("--sync-sources", action="store_true",
+                        help="copy the sources into the committed .ipynb, keeping its outputs "
+                             "(for edits that change no output)")
     args = parser.parse_args(argv)
     for src in map(Path, args.sources):
         nb = read_source(src)
         t0 = time.perf_counter()
-        if args.execute:
-            nb = execute(nb, src.parent, args.fast)
         out = src.with_suffix(".ipynb")
+        if args.sync_sources:
+            nb = sync_sources(nb, nbformat.read(out, as_version=4))
+        elif args.execute:
+            nb = execute(nb, src.parent, args.fast)
         nbformat.write(nb, out)
         print(f"{out}: {len(nb.cells)} cells, {time.perf_counter() - t0:.0f} s, "
               f"{out.stat().st_size / 1024:.0f} KB")

@@ -32,7 +32,7 @@ import traceback
 
 import numpy as onp
 
-from .nn.tree import tree_leaves, tree_map, tree_structure
+from .tree import tree_leaves, tree_map, tree_structure
 
 _ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -106,12 +106,12 @@ def _peak_kb():
 
 
 def _worker_main():
-    """A worker (``python -m minidiff.parallel``): read the loss factory and the parameters'
+    """A worker (``python -m minidiff.nn.parallel``): read the loss factory and the parameters'
     layout, then for every (shard, parameters) message write the shard's loss and flat gradient.
     The protocol runs over stdin and a copy of stdout; the worker's own prints go to stderr."""
     import autograd
 
-    from .nn.memory import keep_freed_memory
+    from .memory import keep_freed_memory
 
     inp = sys.stdin.buffer
     out = os.fdopen(os.dup(1), "wb")
@@ -152,18 +152,18 @@ def _worker_main():
 
 
 def _spawn_worker(*flags):
-    """A fresh ``python -m minidiff.parallel`` with one BLAS thread, talking over pipes."""
+    """A fresh ``python -m minidiff.nn.parallel`` with one BLAS thread, talking over pipes."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, **_ONE_THREAD)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "minidiff.parallel", *flags],
+    return subprocess.Popen([sys.executable, "-m", "minidiff.nn.parallel", *flags],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
 
 def _map_worker_main():
-    """A ``map_in_processes`` worker (``python -m minidiff.parallel --map``): for every pickled
+    """A ``map_in_processes`` worker (``python -m minidiff.nn.parallel --map``): for every pickled
     ``(fn, args)`` write ``("value", fn(*args))`` or ``("error", traceback)``; ``None`` ends it."""
-    from .nn.memory import keep_freed_memory
+    from .memory import keep_freed_memory
 
     inp = sys.stdin.buffer
     out = os.fdopen(os.dup(1), "wb")
@@ -232,7 +232,7 @@ class DataParallel:
     ``loss_factory()`` must build ``loss(params, batch)`` inside each worker, so it has to be
     picklable (a module-level function, or ``functools.partial`` of one). ``params`` fixes the
     tree's layout (all leaves of one dtype). Each worker is a fresh ``python -m
-    minidiff.parallel`` with one BLAS thread (no ``if __name__ == "__main__"`` guard needed in
+    minidiff.nn.parallel`` with one BLAS thread (no ``if __name__ == "__main__"`` guard needed in
     the caller's script, unlike ``multiprocessing``'s spawn). Use as a context manager, or call
     ``close()``; ``peak_gb`` is then the sum of the workers' peak resident memory.
     """

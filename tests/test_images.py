@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidiff import ddpm, pipeline
+from minidiff import ddpm, images
 from minidiff.models import unet
 from minidiff.nn import tree_map
 
@@ -22,9 +22,9 @@ def tiny_params(rng):
 
 
 def test_batches_drop_labels_at_the_stated_rate(rng):
-    images = rng.standard_normal((50, 1, 8, 8)).astype(np.float32)
+    pics = rng.standard_normal((50, 1, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 10, 50)
-    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, labels, 20_000,
+    batch = images.mnist_batches(ddpm.schedule("linear"), pics, labels, 20_000,
                                    p_uncond=0.1)(rng)
     assert batch["xt"].shape == (20_000, 1, 8, 8) and batch["xt"].dtype == np.float32
     frac = np.mean(batch["y"] == 10)
@@ -34,7 +34,7 @@ def test_batches_drop_labels_at_the_stated_rate(rng):
 @pytest.mark.parametrize("p_uncond", [0.0, 1.0])
 def test_batches_at_the_ends_of_the_dropout_range(p_uncond, rng):
     labels = rng.integers(0, 10, 50)
-    batch = pipeline.mnist_batches(ddpm.schedule("linear"), np.zeros((50, 1, 8, 8)), labels,
+    batch = images.mnist_batches(ddpm.schedule("linear"), np.zeros((50, 1, 8, 8)), labels,
                                    500, p_uncond=p_uncond)(rng)
     assert np.all(batch["y"] == 10) if p_uncond == 1.0 else np.all(batch["y"] < 10)
 
@@ -45,10 +45,10 @@ def test_train_mnist_drops_labels_at_the_rate_it_is_given(p_uncond, rng):
     # dropped: the class rows stay exactly where they started and the null row moves; none
     # dropped: the null row stays and the drawn classes' rows move.
     from minidiff import train
-    images = rng.uniform(-1, 1, (32, 1, 8, 8)).astype(np.float32)
+    pics = rng.uniform(-1, 1, (32, 1, 8, 8)).astype(np.float32)
     labels = np.arange(32) % TINY.num_classes
     start = unet.init(np.random.default_rng(0), TINY)
-    state, _ = pipeline.train_mnist(unet, TINY, train.init_state(start, 0), images, labels, 3,
+    state, _ = images.train_mnist(unet, TINY, train.init_state(start, 0), pics, labels, 3,
                                     batch_size=16, lr=1e-2, warmup=0, p_uncond=p_uncond,
                                     progress=False)
     moved = np.abs(state.params["class_emb"] - start["class_emb"]).max(axis=1)  # per row
@@ -62,14 +62,14 @@ def test_train_mnist_drops_labels_at_the_rate_it_is_given(p_uncond, rng):
 @pytest.mark.parametrize("p_uncond", [-0.1, 1.5])
 def test_batches_reject_a_dropout_rate_that_is_not_a_probability(p_uncond):
     with pytest.raises(ValueError, match="p_uncond"):
-        pipeline.mnist_batches(ddpm.schedule("linear"), np.zeros((5, 1, 8, 8)), np.arange(5), 2,
+        images.mnist_batches(ddpm.schedule("linear"), np.zeros((5, 1, 8, 8)), np.arange(5), 2,
                                p_uncond=p_uncond)
 
 
 def test_paired_batches_hold_each_image_with_and_without_its_label(rng):
-    images = rng.standard_normal((50, 1, 8, 8)).astype(np.float32)
+    pics = rng.standard_normal((50, 1, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 10, 50)
-    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, labels, 64, p_uncond=0.5,
+    batch = images.mnist_batches(ddpm.schedule("linear"), pics, labels, 64, p_uncond=0.5,
                                    paired=True)(rng)
     first, second = (slice(0, 32), slice(32, 64))
     for key in ("xt", "i", "eps", "x0"):  # the same draw twice: same image, step and noise
@@ -77,7 +77,7 @@ def test_paired_batches_hold_each_image_with_and_without_its_label(rng):
     assert batch["xt"].dtype == np.float32 and batch["xt"].shape == (64, 1, 8, 8)
     assert np.all(batch["y"][second] == 10)
     # the first half keeps each image's own label: find each x0 among the images
-    where = [np.flatnonzero((images == x).all(axis=(1, 2, 3)))[0] for x in batch["x0"][first]]
+    where = [np.flatnonzero((pics == x).all(axis=(1, 2, 3)))[0] for x in batch["x0"][first]]
     assert np.array_equal(batch["y"][first], labels[where])
 
 
@@ -85,10 +85,10 @@ def test_paired_loss_is_the_mean_of_the_labelled_and_the_null_loss(tiny_params, 
     # Exactly half the labels dropped, as p_uncond = 0.5 drops them on average: the paired
     # batch's loss is the average of the same draws' loss with every label kept and with every
     # label dropped, the two halves of the expected loss of random dropout at rate 0.5.
-    images = rng.uniform(-1, 1, (20, 1, 8, 8)).astype(np.float32)
-    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, np.arange(20) % 10, 16,
+    pics = rng.uniform(-1, 1, (20, 1, 8, 8)).astype(np.float32)
+    batch = images.mnist_batches(ddpm.schedule("linear"), pics, np.arange(20) % 10, 16,
                                    p_uncond=0.5, paired=True)(rng)
-    loss = pipeline.denoising_loss(unet.apply, TINY)
+    loss = images.denoising_loss(unet.apply, TINY)
     half = {k: v[:8] for k, v in batch.items()}
     null = dict(half, y=np.full(8, 10))
     assert abs(loss(tiny_params, half) - loss(tiny_params, null)) > 1e-4  # the label matters here
@@ -99,48 +99,15 @@ def test_paired_loss_is_the_mean_of_the_labelled_and_the_null_loss(tiny_params, 
 @pytest.mark.parametrize("p_uncond, batch_size", [(0.1, 64), (0.5, 7)])
 def test_paired_batches_need_half_dropped_and_an_even_batch(p_uncond, batch_size):
     with pytest.raises(ValueError, match=f"p_uncond={p_uncond}, batch_size={batch_size}"):
-        pipeline.mnist_batches(ddpm.schedule("linear"), np.zeros((5, 1, 8, 8)), np.arange(5),
+        images.mnist_batches(ddpm.schedule("linear"), np.zeros((5, 1, 8, 8)), np.arange(5),
                                batch_size, p_uncond=p_uncond, paired=True)
-
-
-def test_guidance_combines_conditional_and_unconditional(tiny_params, rng):
-    x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
-    y = np.array([1, 5, 9])
-    cond = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=1.0)(x, 40)
-    uncond = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=0.0)(x, 40)
-    guided = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=2.5)(x, 40)
-    np.testing.assert_allclose(uncond, unet.apply(tiny_params, x, 40.0, np.full(3, 10), TINY),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(guided, uncond + 2.5 * (cond - uncond), rtol=1e-4, atol=1e-5)
-
-
-def test_a_guidance_interval_guides_inside_it_and_conditions_outside(tiny_params, rng):
-    x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
-    y = np.array([1, 5, 9])
-    cond = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=1.0)
-    full = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=2.5)
-    banded = pipeline.guided_eps(unet.apply, tiny_params, TINY, y, guidance=2.5, interval=(30, 60))
-    for i, inside in [(29, False), (30, True), (59, True), (60, False)]:  # lo <= i < hi
-        assert np.array_equal(banded(x, i), (full if inside else cond)(x, i))
-    assert not np.allclose(full(x, 30), cond(x, 30))  # the two differ, so the check has teeth
-    # Sampling with an interval covering every step is plain guided sampling; an empty one is w = 1.
-    labels, kw = np.arange(4), dict(steps=3, guidance=2.5)
-    run = lambda **k: pipeline.sample(unet.apply, tiny_params, TINY, labels,  # noqa: E731
-                                      np.random.default_rng(0), **kw, **k)
-    assert np.array_equal(run(guidance_interval=(0, 1000)), run())
-    assert np.array_equal(run(guidance_interval=(500, 500)),
-                          pipeline.sample(unet.apply, tiny_params, TINY, labels,
-                                          np.random.default_rng(0), steps=3, guidance=1.0))
-    for bad in [(60, 30), (1, 2, 3), (-1, 5), (0.5, 2)]:
-        with pytest.raises(ValueError, match="guidance interval must be two step indices"):
-            run(guidance_interval=bad)
 
 
 def test_sampling_is_seeded_and_shaped(tiny_params):
     labels = np.arange(6) % 10
-    a = pipeline.sample(unet.apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
+    a = images.sample(unet.apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
                         batch_size=4)
-    b = pipeline.sample(unet.apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
+    b = images.sample(unet.apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
                         batch_size=4)
     assert a.shape == (6, 1, 8, 8) and a.dtype == np.float32 and np.array_equal(a, b)
     assert a.min() >= -1 and a.max() <= 1
@@ -151,65 +118,26 @@ def test_samples_do_not_depend_on_batching_or_workers(tiny_params):
     # change float32 rounding (two one-thread processes against this one). The v-wrapped network
     # has to pickle to reach the workers; `progress` sees every image once.
     labels = np.arange(7) % 10
-    apply = pipeline.eps_network(unet.apply, "v")
-    one = pipeline.sample(apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
+    apply = images.eps_network(unet.apply, "v")
+    one = images.sample(apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
                           batch_size=7)
     seen = []
-    two = pipeline.sample(apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
+    two = images.sample(apply, tiny_params, TINY, labels, np.random.default_rng(0), steps=3,
                           batch_size=2, workers=2, progress=seen.append)
     assert sum(seen) == 7 and len(seen) == 4  # 7 images in 2 rounds of 2 workers
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
     assert not np.array_equal(one[0], one[1])
     with pytest.raises(ValueError, match="`workers`"):
-        pipeline.sample(apply, tiny_params, TINY, labels, np.random.default_rng(0), workers=0)
-
-
-def test_sample_files_round_trip_and_refuse_bad_content(tmp_path, rng):
-    images = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
-    pipeline.save_samples(tmp_path / "s.npz", images, np.arange(5))
-    back, labels = pipeline.load_samples(tmp_path / "s.npz")
-    assert np.array_equal(back, images) and labels.dtype == np.int64
-    with pytest.raises(ValueError, match="must be uint8"):
-        pipeline.save_samples(tmp_path / "t.npz", images.astype(np.float32), np.arange(5))
-    np.savez(tmp_path / "bad.npz", pictures=images)
-    with pytest.raises(ValueError, match="must hold `images` and `labels`"):
-        pipeline.load_samples(tmp_path / "bad.npz")
+        images.sample(apply, tiny_params, TINY, labels, np.random.default_rng(0), workers=0)
 
 
 def test_model_files_round_trip(tmp_path, tiny_params):
-    pipeline.save_model(tmp_path / "m.npz", tiny_params, TINY, seed=3)
-    apply, params, cfg, meta = pipeline.load_model(tmp_path / "m.npz")
+    images.save_model(tmp_path / "m.npz", tiny_params, TINY, seed=3)
+    apply, params, cfg, meta = images.load_model(tmp_path / "m.npz")
     assert cfg == TINY and meta["seed"] == 3
     x = np.zeros((1, 1, 8, 8), np.float32)
     np.testing.assert_array_equal(apply(params, x, 5.0, None, cfg),
                                   unet.apply(tiny_params, x, 5.0, None, TINY))
-
-
-def test_dit_sweep_rows_and_table_round_trip(tmp_path, rng):
-    from minidiff import nn
-    from minidiff.datasets import mnist
-    from minidiff.models import dit
-    from minidiff.nn import checkpoint
-
-    images, labels = mnist("test")
-    clf, _ = checkpoint.load(ROOT / "data/weights/classifier_mnist.npz")
-    shapes = ((7, 16), (4, 16, "in_context", "min_snr"))
-    rows = pipeline.dit_sweep(images[:256], labels[:256], clf, shapes, steps=3, batch_size=4,
-                              n_eval=20, eval_steps=2, progress=False)
-    assert [(r["patch"], r["width"], r["conditioning"], r["weighting"]) for r in rows] == \
-        [(7, 16, "adaln_zero", "none"), (4, 16, "in_context", "min_snr")]
-    for r in rows:
-        cfg = dit.DiTConfig(patch=r["patch"], width=r["width"], conditioning=r["conditioning"])
-        assert r["gflops"] == dit.gflops(cfg) and r["tokens"] == cfg.tokens
-        assert r["params"] == nn.tree_size(dit.init(rng, cfg))
-        assert np.isfinite(r["fd"]) and r["fd"] > 0 and 0 <= r["agreement"] <= 1
-    assert rows[0]["fd_real"] == rows[1]["fd_real"]  # one evaluation set for every model
-    pipeline.save_sweep(tmp_path / "sweep.json", rows, steps=3)
-    back, meta = pipeline.load_sweep(tmp_path / "sweep.json")
-    assert back == rows and meta == {"steps": 3}
-    (tmp_path / "bad.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="not a DiT sweep table"):
-        pipeline.load_sweep(tmp_path / "bad.json")
 
 
 def test_min_snr_weighted_eps_loss(rng):
@@ -221,18 +149,18 @@ def test_min_snr_weighted_eps_loss(rng):
     batch = {"xt": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
              "eps": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
              "i": np.array([0, 10, 500, 999]), "y": np.zeros(4, int)}
-    plain = pipeline.denoising_loss(net, None)(0.5, batch)
-    assert pipeline.denoising_loss(net, None, weighting="min_snr", gamma=np.inf)(0.5, batch) \
+    plain = images.denoising_loss(net, None)(0.5, batch)
+    assert images.denoising_loss(net, None, weighting="min_snr", gamma=np.inf)(0.5, batch) \
         == pytest.approx(plain, rel=1e-6)
     per_image = ((0.5 * batch["xt"] - batch["eps"]) ** 2).mean(axis=(1, 2, 3))
     snr = sched.snr[batch["i"]]
     expected = np.mean(per_image * np.minimum(snr, 5.0) / snr)
-    assert pipeline.denoising_loss(net, None, weighting="min_snr")(0.5, batch) == \
+    assert images.denoising_loss(net, None, weighting="min_snr")(0.5, batch) == \
         pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="`weighting`"):
-        pipeline.denoising_loss(net, None, weighting="snr")
+        images.denoising_loss(net, None, weighting="snr")
     with pytest.raises(ValueError, match="`target`"):
-        pipeline.denoising_loss(net, None, target="x0")
+        images.denoising_loss(net, None, target="x0")
 
 
 def _noised_batch(rng, i):
@@ -255,12 +183,12 @@ def test_v_network_is_a_noise_predictor(rng):
     def oracle(params, x, t, y, cfg):
         assert x is batch["xt"] and np.array_equal(t, batch["i"])
         return v_true
-    eps = pipeline.eps_network(oracle, "v")(None, batch["xt"], batch["i"].astype(float),
-                                            batch["y"], None)
+    eps = images.eps_network(oracle, "v")(None, batch["xt"], batch["i"].astype(float),
+                                          batch["y"], None)
     np.testing.assert_allclose(eps, batch["eps"], rtol=0, atol=1e-12)
-    assert pipeline.eps_network(oracle, "eps") is oracle
+    assert images.eps_network(oracle, "eps") is oracle
     with pytest.raises(ValueError, match="`target`"):
-        pipeline.eps_network(oracle, "x0")
+        images.eps_network(oracle, "score")
 
 
 def test_v_loss_is_the_eps_error_over_alpha_bar(rng):
@@ -271,8 +199,8 @@ def test_v_loss_is_the_eps_error_over_alpha_bar(rng):
     batch = _noised_batch(rng, [3, 100, 400, 700, 950])
     def net(params, x, t, y, cfg):
         return params * x + 0.1
-    v_loss = pipeline.denoising_loss(net, None, target="v")(0.7, batch)
-    eps_hat = pipeline.eps_network(net, "v")(0.7, batch["xt"], batch["i"], batch["y"], None)
+    v_loss = images.denoising_loss(net, None, target="v")(0.7, batch)
+    eps_hat = images.eps_network(net, "v")(0.7, batch["xt"], batch["i"], batch["y"], None)
     per_image = ((eps_hat - batch["eps"]) ** 2).mean(axis=(1, 2, 3))
     assert v_loss == pytest.approx(np.mean(per_image / ab[batch["i"]]), rel=1e-5)
 
@@ -283,10 +211,10 @@ def test_float32_training_step_keeps_float32_gradients(tiny_params, rng, target)
     # float32 too, or the whole backward silently runs in float64 (the chapter's first lesson).
     import autograd
 
-    images = rng.uniform(-1, 1, (12, 1, 8, 8)).astype(np.float32)
-    batch = pipeline.mnist_batches(ddpm.schedule("linear"), images, np.arange(12) % 10, 4)(rng)
+    pics = rng.uniform(-1, 1, (12, 1, 8, 8)).astype(np.float32)
+    batch = images.mnist_batches(ddpm.schedule("linear"), pics, np.arange(12) % 10, 4)(rng)
     value, grads = autograd.value_and_grad(
-        pipeline.denoising_loss(unet.apply, TINY, target=target))(tiny_params, batch)
+        images.denoising_loss(unet.apply, TINY, target=target))(tiny_params, batch)
     leaves = []
     tree_map(leaves.append, grads)
     assert np.asarray(value).dtype == np.float32

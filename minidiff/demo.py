@@ -1,0 +1,139 @@
+"""``make demo``: one function per chapter, each running the chapter's headline experiment.
+
+Each writes its figures under ``out`` and prints what it measured; ``fast`` (``--fast`` or
+``MINIDIFF_FAST=1``) shrinks every run for CI. Chapters 6 and 9 sample the shipped weights
+(``data/weights/``) rather than train. ``run`` calls them in order.
+"""
+
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen needed; figures go to files
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import datasets, plot, score, train  # noqa: E402
+from .images import SHIPPED  # noqa: E402
+from .models import mlp  # noqa: E402
+
+
+def demo_chapter1(out, fast, seed=0):
+    """Langevin's wrong weights and the annealed fix; an NCSN trained on gmm8."""
+    rng = np.random.default_rng(seed)
+    print("Chapter 1 — scores and Langevin dynamics")
+
+    # (a) Two separated modes with weights 0.2 / 0.8: exact score, plain vs annealed Langevin.
+    gm = datasets.unequal_modes()
+    n = 1000 if fast else 4000
+    plain = score.langevin(gm.score, rng.uniform(-8, 8, (n, 2)), 0.1, 1000, rng)
+    sigmas = score.geometric_sigmas(10.0, 0.1, 10)
+    annealed = score.annealed_langevin(lambda x, s: gm.noised(1.0, s).score(x), sigmas,
+                                       rng.uniform(-8, 8, (n, 2)), rng, step_lr=5e-3)
+    f_plain = score.mode_fractions(plain, gm.means)[1]
+    f_annealed = score.mode_fractions(annealed, gm.means)[1]
+    print(f"  weight of the heavy mode (true 0.800): plain Langevin {f_plain:.3f}, "
+          f"annealed Langevin {f_annealed:.3f}   ({n} chains, exact scores)")
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    for ax, x, title in zip(axes, [gm.sample(n, rng), plain, annealed],
+                            ["data", f"Langevin: {f_plain:.2f} heavy",
+                             f"annealed: {f_annealed:.2f} heavy"], strict=True):
+        plot.points(ax, x, lim=8)
+        ax.set_title(title)
+    plot.save(fig, out / "01_langevin_weights.png")
+
+    # (b) An NCSN (noise-conditional score network) trained by denoising score matching on gmm8.
+    gm8 = datasets.gmm8()
+    sigmas = score.geometric_sigmas(4.0, 0.05, 10)
+    steps = 300 if fast else 3000
+    params = mlp.init(rng, hidden=128, depth=3, emb_dim=32)
+    state = train.init_state(params, seed)
+    batch_fn = score.ncsn_batches(gm8.sample(20_000, rng), sigmas, batch_size=256)
+    t0 = time.perf_counter()
+    state, losses = train.fit(score.ncsn_loss(mlp.apply), state, batch_fn, steps, lr=2e-3,
+                              warmup=100, desc="NCSN on gmm8")
+    seconds = time.perf_counter() - t0
+    learned = score.ncsn_score(mlp.apply, state.ema)
+    errors = []
+    for s in sigmas[::3]:
+        noisy = gm8.noised(1.0, s)
+        errors.append(score.relative_score_error(learned, noisy.score, noisy.sample(4000, rng), s))
+    print(f"  NCSN: {steps} steps in {seconds:.1f} s, final loss {losses[-100:].mean():.3f}")
+    print("  relative score error (EMA) at sigma = "
+          + ", ".join(f"{s:.2f}: {e:.3f}" for s, e in zip(sigmas[::3], errors, strict=True)))
+    samples = score.annealed_langevin(learned, sigmas, rng.uniform(-4, 4, (2000, 2)), rng,
+                                      step_lr=1e-4, n_steps_each=100)
+    fractions = score.mode_fractions(samples, gm8.means)
+    print(f"  annealed Langevin with the learned score: mode weights {np.round(fractions, 3)} "
+          f"(true 0.125 each)")
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    plot.score_field(axes[0], gm8.noised(1.0, 0.5).score)
+    axes[0].set_title("exact score, sigma 0.5")
+    plot.score_field(axes[1], lambda x: learned(x, 0.5))
+    axes[1].set_title("learned score, sigma 0.5")
+    plot.points(axes[2], samples)
+    axes[2].set_title("annealed Langevin samples")
+    plot.save(fig, out / "01_ncsn_gmm8.png")
+
+
+def _demo_shipped(weights, name, fast, seed):
+    """Sample a shipped image model (guidance 2), print its scores; returns the samples."""
+    from . import images, metrics
+
+    apply, params, cfg, meta = images.load_model(weights)
+    clf = images.load_classifier(images.SHIPPED["classifier"])
+    per_class, steps = (2, 10) if fast else (10, 50)
+    labels = np.repeat(np.arange(10), per_class)
+    t0 = time.perf_counter()
+    x = images.sample(apply, params, cfg, labels, np.random.default_rng(seed), steps=steps,
+                      guidance=2.0, sched=images.model_schedule(meta))
+    seconds = time.perf_counter() - t0
+    r = metrics.evaluate_samples(x, labels, clf, np.random.default_rng(seed))
+    print(f"  {name}: {len(labels)} samples, {steps} DDIM steps, guidance 2, in {seconds:.0f} s: "
+          f"class agreement {100 * r['agreement']:.0f}%, FD-MNIST {r['fd']:.1f} "
+          f"(real-vs-real at this n: {r['fd_real']:.1f})")
+    for k in sorted(meta):
+        if k.startswith("eval_"):
+            print(f"  stored full evaluation, {k[5:]}: {meta[k]}")
+    return x, per_class
+
+
+def demo_chapter6(out, fast, seed=0):
+    """Samples of the shipped U-Net, a grid in out/ (one class per column), and their scores."""
+    print("Chapter 6 — the U-Net on MNIST (shipped weights)")
+    x, per_class = _demo_shipped(SHIPPED["unet"], "U-Net", fast, seed)
+    fig, ax = plt.subplots(figsize=(5, 0.5 * per_class + 0.3))
+    plot.digits(ax, x, per_class)
+    plot.save(fig, out / "06_unet_samples.png")
+    return x
+
+
+def demo_chapter9(out, fast, seed=0, unet_samples=None):
+    """Samples of the shipped DiT beside the U-Net's (same labels and noise), and their scores."""
+    print("Chapter 9 — the DiT on MNIST (shipped weights)")
+    x, per_class = _demo_shipped(SHIPPED["dit"], "DiT", fast, seed)
+    panels = [("DiT (patch 4)", x)] + ([("U-Net", unet_samples)] if unet_samples is not None
+                                       else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.5 * per_class + 0.5))
+    for ax, (title, imgs) in zip(np.atleast_1d(axes), panels, strict=True):
+        plot.digits(ax, imgs, per_class, title)
+    plot.save(fig, out / "09_dit_samples.png")
+
+
+def run(out="out", fast=False, seed=0):
+    """Every chapter's demo in order (chapters 1, 6 and 9 so far); returns the seconds taken.
+    Sets the allocator option of ``nn.memory`` for this process (an entry point's choice)."""
+    from .nn.memory import keep_freed_memory
+
+    keep_freed_memory()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    demo_chapter1(out, fast, seed)
+    unet_samples = demo_chapter6(out, fast, seed)
+    demo_chapter9(out, fast, seed, unet_samples)
+    seconds = time.perf_counter() - t0
+    print(f"figures in {out}/ ; demo took {seconds:.0f} s")
+    return seconds
