@@ -2,20 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import TINY_UNET as TINY  # the tiny U-Net and its `tiny_params` fixture
 
 from minidiff import guidance, images
 from minidiff.models import unet
-from minidiff.nn import tree_map
-
-TINY = unet.UNetConfig(resolution=8, channels=(4, 8), num_res_blocks=1, attention_levels=(1,),
-                       head_channels=4, groups=2, num_classes=10)
-
-
-@pytest.fixture
-def tiny_params(rng):
-    # Perturbed away from the zero-initialised output so that predictions are not all zero.
-    return tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(p.dtype),
-                    unet.init(rng, TINY))
 
 
 def test_guidance_combines_conditional_and_unconditional(tiny_params, rng):

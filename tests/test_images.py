@@ -1,24 +1,16 @@
-"""The MNIST diffusion glue: batches, guidance, sampling, sample files, model files."""
+"""The MNIST diffusion glue (images.py): batches, the loss, training, sampling, model files."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_UNET as TINY  # the tiny U-Net and its `tiny_params` fixture
 
 from minidiff import ddpm, images
 from minidiff.models import unet
 from minidiff.nn import tree_map
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = unet.UNetConfig(resolution=8, channels=(4, 8), num_res_blocks=1, attention_levels=(1,),
-                       head_channels=4, groups=2, num_classes=10)
-
-
-@pytest.fixture
-def tiny_params(rng):
-    # Perturbed away from the zero-initialised output so that predictions are not all zero.
-    return tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(p.dtype),
-                    unet.init(rng, TINY))
 
 
 def test_batches_drop_labels_at_the_stated_rate(rng):
