@@ -460,7 +460,7 @@ for i in (100, 300, 500, 700):
 # ## 6. Making NumPy fast enough: what was measured
 #
 # A training step of this U-Net is a few hundred NumPy calls; where the time goes decided the
-# design of `nn/conv.py`. In order of impact on a 2-core CPU:
+# design of `nn/conv_fast.py`. In order of impact on a 2-core CPU:
 #
 # 1. **The silent float64 trap.** autograd's gradient of `np.mean` divides by a NumPy integer, and
 #    NumPy float64 scalars (`np.sqrt(2 / np.pi)`) promote float32 arrays, so a whole backward pass

@@ -4,11 +4,13 @@ import autograd
 import numpy as np
 import pytest
 from autograd.test_util import check_grads
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from scipy.signal import correlate
 
-from minidiff.nn import attention, conv
+from minidiff.nn import attention, conv, conv_fast
 
-# Stride 1 stores the padding once between rows and images (conv._shifted_layout); the cases
+# Stride 1 stores the padding once between rows and images (conv_fast.shifted_layout); the cases
 # cover the usual "same" convolution, padding wider than half the kernel (1x1 with padding 1,
 # 3x3 with padding 3: the output is taller than the shared grid row), even and 5x5 kernels.
 CASES = [(1, 0, 3), (1, 1, 3), (2, 1, 3), (2, 0, 3), (1, 0, 1), (2, 1, 4), (1, 1, 1), (1, 1, 2),
@@ -23,13 +25,37 @@ def test_conv2d_equals_scipy_correlate(stride, padding, k, rng):
                               + b[o] for o in range(4)]) for n in range(2)])
     ref = ref[:, :, ::stride, ::stride]
     np.testing.assert_allclose(conv.conv2d(x, w, b, stride, padding), ref, atol=1e-12)
+    np.testing.assert_allclose(conv.conv2d_reference(x, w, b, stride, padding), ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("conv2d", [conv.conv2d, conv.conv2d_reference], ids=["fast", "reference"])
 @pytest.mark.parametrize("stride,padding,k", CASES)
-def test_conv2d_gradients(stride, padding, k, rng):
+def test_conv2d_gradients(conv2d, stride, padding, k, rng):
+    # every differentiable argument (argnum=(0, 1, 2)): input, weight and bias
     x, w, b = rng.normal(size=(2, 3, 7, 6)), rng.normal(size=(4, 3, k, k)), rng.normal(size=4)
-    check_grads(lambda x, w, b: conv.conv2d(x, w, b, stride, padding), modes=["rev"],
-                order=1)(x, w, b)
+    check_grads(lambda x, w, b: conv2d(x, w, b, stride, padding), argnum=(0, 1, 2),
+                modes=["rev"], order=1)(x, w, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), o=st.integers(1, 4), h=st.integers(1, 9),
+       w=st.integers(1, 9), k=st.integers(1, 5), stride=st.integers(1, 3),
+       padding=st.integers(0, 3), seed=st.integers(0, 2**31))
+def test_the_fast_convolution_agrees_with_the_reference(n, c, o, h, w, k, stride, padding, seed):
+    # nn/conv_fast.py is the im2col + GEMM of conv2d_reference laid out for speed: on random
+    # shapes, strides and paddings (float64) the values and all three gradients must agree.
+    assume(h + 2 * padding >= k and w + 2 * padding >= k)
+    rng = np.random.default_rng(seed)
+    x, wt, b = rng.normal(size=(n, c, h, w)), rng.normal(size=(o, c, k, k)), rng.normal(size=o)
+    fast, ref = conv.conv2d(x, wt, b, stride, padding), conv.conv2d_reference(x, wt, b, stride,
+                                                                               padding)
+    np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-12)
+    g = rng.normal(size=ref.shape)
+    grads = [autograd.grad(lambda x, wt, b, f=f: np.sum(f(x, wt, b, stride, padding) * g),
+                           argnum=(0, 1, 2))(x, wt, b)
+             for f in (conv.conv2d, conv.conv2d_reference)]
+    for a, r in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("stride,k", [(2, 2), (1, 3)])
@@ -110,7 +136,7 @@ def test_blocked_and_chunked_paths_agree_with_the_whole_computation(rng, monkeyp
     x, w, b = rng.normal(size=(3, 4, 6, 5)), rng.normal(size=(2, 4, 3, 3)), rng.normal(size=2)
     a, s = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
     whole = conv.conv2d(x, w, b, 1, 1), conv.group_norm_act(x, a, s, 2, 1e-5, True)
-    monkeypatch.setattr(conv, "_ROW_BLOCK", 7)
+    monkeypatch.setattr(conv_fast, "_ROW_BLOCK", 7)
     monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)
     np.testing.assert_allclose(conv.conv2d(x, w, b, 1, 1), whole[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(conv.group_norm_act(x, a, s, 2, 1e-5, True), whole[1],
