@@ -130,3 +130,28 @@ def test_map_in_processes_keeps_order_and_reports_worker_errors():
         map_in_processes(operator.truediv, [(1, 1), (1, 0)], workers=2)
     with pytest.raises(ValueError, match="`workers`"):
         map_in_processes(operator.neg, [(1,)], workers=0)
+
+
+def test_workers_run_one_blas_thread_and_the_parent_keeps_its_environment(monkeypatch):
+    import os
+
+    from minidiff.nn.parallel import map_in_processes
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    got = map_in_processes(os.getenv, [("OPENBLAS_NUM_THREADS",), ("OMP_NUM_THREADS",)],
+                           workers=2)
+    assert got == ["1", "1"] and os.environ["OPENBLAS_NUM_THREADS"] == "2"
+
+
+def test_closing_frees_the_shared_memory(rng):
+    from multiprocessing import shared_memory
+
+    params = unet.init(rng, TINY)
+    factory = functools.partial(images.image_loss, "minidiff.models.unet", TINY)
+    with DataParallel(factory, params, workers=2) as vg:
+        names = [shm.name for shm in vg._shm]
+        vg(params, _batch(rng, 4, np.float32))
+    assert vg.peak_gb > 0
+    for name in names:
+        with pytest.raises(FileNotFoundError):
+            shared_memory.SharedMemory(name=name)

@@ -5,35 +5,42 @@ on every core) and half elementwise passes and copies (GroupNorm, SiLU, the shif
 Adam), which NumPy runs on *one* core. Two processes with one BLAS thread each keep both cores
 busy through the whole step: on the 2-core machine minidiff is built on, two batch-32 half steps
 ran side by side in 0.78-0.80 s, against 1.09-1.77 s for one batch-64 step with two BLAS
-threads. (The two-thread step also varied more: OpenBLAS's threads slow down when the machine is
-busy, single-threaded processes hardly.)
+threads.
 
 The mathematics is one line. For a loss that is a mean over the batch, split into shards of
 sizes ``n_k`` that add up to ``N``,
 
     L = sum_k (n_k / N) L_k,   so   grad L = sum_k (n_k / N) grad L_k,
 
-and each ``grad L_k`` can be computed anywhere. ``DataParallel`` is a drop-in for
-``autograd.value_and_grad(loss)``: it ships the parameters to ``workers`` processes (raw bytes
-through a pipe, about 5 MB for the U-Net), sends each one its shard, and adds the gradients up in
-a fixed order, so a run is as deterministic as a single-process one (but not bit-identical to it:
-the additions happen in another order).
+and each ``grad L_k`` can be computed anywhere: data parallelism, as PyTorch's
+DistributedDataParallel does it across machines (there with an all-reduce of the gradients).
+``DataParallel`` is a drop-in for ``autograd.value_and_grad(loss)`` built from the standard
+library: a ``concurrent.futures.ProcessPoolExecutor`` of fresh (spawned) processes with one BLAS
+thread each, and ``multiprocessing.shared_memory`` blocks that hold the parameters (written by
+the parent before each step) and one gradient slot per shard (written by whichever worker
+computed that shard). The parent adds the slots up in a fixed order, so a run is as
+deterministic as a single-process one (but not bit-identical to it: the additions happen in
+another order).
 
 Work with no sum to form — sampling batches of images — needs only a map: ``map_in_processes``
 runs ``fn(*args)`` for each item in the same kind of one-thread worker.
 """
 
+import concurrent.futures
+import contextlib
+import multiprocessing
 import os
 import pickle
 import resource
-import subprocess
-import sys
 import traceback
+from multiprocessing import shared_memory
 
 import numpy as onp
 
 from .tree import tree_leaves, tree_map, tree_structure
 
+# OpenBLAS, OpenMP and MKL read these once, when the library loads: a worker must start with
+# them set, so the parent sets them while it spawns its workers (``_one_thread_env``).
 _ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -80,17 +87,6 @@ def _pack(tree, out):
     return out
 
 
-def _read_exactly(stream, buf):
-    """Fill the writable buffer ``buf`` from ``stream`` (a pipe may deliver it in pieces)."""
-    view = memoryview(buf).cast("B")
-    got = 0
-    while got < len(view):
-        n = stream.readinto(view[got:])
-        if not n:
-            raise EOFError("the pipe closed mid-message")
-        got += n
-
-
 def _peak_kb():
     """This process's peak resident memory in KB: ``VmHWM`` from ``/proc/self/status`` where
     Linux has it (``ru_maxrss`` can still count the parent's memory from before the ``exec``),
@@ -105,125 +101,112 @@ def _peak_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _worker_main():
-    """A worker (``python -m minidiff.nn.parallel``): read the loss factory and the parameters'
-    layout, then for every (shard, parameters) message write the shard's loss and flat gradient.
-    The protocol runs over stdin and a copy of stdout; the worker's own prints go to stderr."""
-    import autograd
-
-    from .memory import keep_freed_memory
-
-    inp = sys.stdin.buffer
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    keep_freed_memory()
-
-    def send(obj):
-        pickle.dump(obj, out)
-        out.flush()
+@contextlib.contextmanager
+def _one_thread_env():
+    """Set ``_ONE_THREAD`` in this process's environment while workers are spawned (a spawned
+    process inherits the environment of the moment it starts), then restore it."""
+    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)
     try:
-        loss_factory, structure, shapes, offsets, dtype = pickle.load(inp)
-        value_and_grad = autograd.value_and_grad(loss_factory())
-        params_flat = onp.empty(int(offsets[-1]), dtype)
-        params = _views(params_flat, structure, shapes, offsets)
-        grad_flat = onp.empty_like(params_flat)
-    except Exception:  # noqa: BLE001 - the parent re-raises it with this traceback
-        send(("error", traceback.format_exc()))
-        return
-    send(("ready", None))
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _pool(workers, initializer=None, initargs=(), ping=os.getpid):
+    """A pool of ``workers`` spawned one-thread processes, all started now (each ``submit`` with
+    no idle worker starts one, so ``workers`` pings start them inside ``_one_thread_env``)."""
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
+        initargs=initargs)
+    with _one_thread_env():
+        pings = [pool.submit(ping) for _ in range(workers)]
     try:
-        while True:
-            shard = pickle.load(inp)
-            if shard is None:
-                send(("peak_kb", _peak_kb()))
-                return
-            _read_exactly(inp, params_flat)
-            try:
-                value, grads = value_and_grad(params, shard)
-                _pack(grads, grad_flat)
-            except Exception:  # noqa: BLE001
-                send(("error", traceback.format_exc()))
-                continue
-            send(("value", float(value)))
-            out.write(memoryview(grad_flat).cast("B"))
-            out.flush()
-    except (BrokenPipeError, EOFError):
-        return  # the parent went away (or gave up on this worker after another one failed)
+        for f in pings:
+            f.result()
+    except Exception as err:  # noqa: BLE001 - a failing initializer breaks the pool
+        pool.shutdown(cancel_futures=True)
+        raise RuntimeError(f"a worker failed to start: {_cause(err)}") from err
+    return pool
 
 
-def _spawn_worker(*flags):
-    """A fresh ``python -m minidiff.nn.parallel`` with one BLAS thread, talking over pipes."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, **_ONE_THREAD)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "minidiff.nn.parallel", *flags],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+def _cause(err):
+    """The worker's own traceback text (``concurrent.futures`` attaches it as the cause)."""
+    return f"{err.__cause__}\n{err!r}" if err.__cause__ is not None else repr(err)
 
 
-def _map_worker_main():
-    """A ``map_in_processes`` worker (``python -m minidiff.nn.parallel --map``): for every pickled
-    ``(fn, args)`` write ``("value", fn(*args))`` or ``("error", traceback)``; ``None`` ends it."""
-    from .memory import keep_freed_memory
 
-    inp = sys.stdin.buffer
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    keep_freed_memory()
-    try:
-        while (task := pickle.load(inp)) is not None:
-            fn, args = task
-            try:
-                reply = ("value", fn(*args))
-            except Exception:  # noqa: BLE001 - the parent re-raises it with this traceback
-                reply = ("error", traceback.format_exc())
-            pickle.dump(reply, out)
-            out.flush()
-    except (BrokenPipeError, EOFError):
-        return
 
+# ----------------------------------------------------------------------------- map
 
 def map_in_processes(fn, items, workers=2, callback=None):
     """``[fn(*args) for args in items]``, computed by ``workers`` fresh processes with one BLAS
     thread each: for independent pieces of work (sampling batches) rather than one gradient.
-    In rounds: each worker gets one item, then the results are read back in order (so a worker
-    never blocks on a full pipe while the parent writes to another). ``fn`` and the items must be
-    picklable; ``callback(result)`` runs in the parent after each item."""
+    Results come back in order; ``callback(result)`` runs in the parent after each, in order.
+    ``fn`` and the items must be picklable."""
     if not (isinstance(workers, int) and workers >= 1):
         raise ValueError(f"`workers` must be a positive integer (got {workers!r})")
     items = [tuple(args) for args in items]
-    procs = [_spawn_worker("--map") for _ in range(min(workers, len(items)))]
     results = []
+    pool = _pool(min(workers, len(items)) or 1)
     try:
-        for start in range(0, len(items), len(procs)):
-            batch = items[start:start + len(procs)]
-            for proc, args in zip(procs, batch, strict=False):
-                pickle.dump((fn, args), proc.stdin)
-                proc.stdin.flush()
-            for proc, _ in zip(procs, batch, strict=False):
-                try:
-                    kind, payload = pickle.load(proc.stdout)
-                except EOFError:
-                    raise RuntimeError("a map_in_processes worker died without a message (its "
-                                       "stderr above says why)") from None
-                if kind == "error":
-                    raise RuntimeError(f"a map_in_processes worker failed:\n{payload}")
-                results.append(payload)
-                if callback is not None:
-                    callback(payload)
+        futures = [pool.submit(fn, *args) for args in items]
+        for f in futures:
+            try:
+                results.append(f.result())
+            except Exception as err:  # noqa: BLE001
+                raise RuntimeError(f"a map_in_processes worker failed:\n{_cause(err)}") from err
+            if callback is not None:
+                callback(results[-1])
     finally:
-        for proc in procs:
-            try:
-                pickle.dump(None, proc.stdin)
-                proc.stdin.close()
-            except OSError:
-                pass
-            proc.stdout.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        pool.shutdown(cancel_futures=True)
     return results
+
+
+# ----------------------------------------------------------------------------- gradients
+
+_WORKER = {}  # a DataParallel worker's state, set once by _init_worker
+
+
+def _init_worker(loss_factory_pickle, params_name, grads_name, structure, shapes, offsets,
+                 dtype, slots):
+    """Attach the shared blocks and build the loss. A failure is kept, not raised (an
+    initializer that raises only breaks the pool, losing the traceback), and every task then
+    raises it."""
+    import autograd
+
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()
+    try:  # the worker shares the parent's resource tracker, which unlinks the blocks at the end
+        p_shm = shared_memory.SharedMemory(name=params_name)
+        g_shm = shared_memory.SharedMemory(name=grads_name)
+        size = int(offsets[-1])
+        params_flat = onp.ndarray((size,), dtype, buffer=p_shm.buf)
+        _WORKER.update(value_and_grad=autograd.value_and_grad(pickle.loads(loss_factory_pickle)()),
+                       params=_views(params_flat, structure, shapes, offsets),
+                       grads=onp.ndarray((slots, size), dtype, buffer=g_shm.buf),
+                       keep=(p_shm, g_shm))
+    except Exception:  # noqa: BLE001
+        _WORKER["error"] = traceback.format_exc()
+
+
+def _ready():
+    if "error" in _WORKER:
+        raise RuntimeError(_WORKER["error"])
+    return os.getpid()
+
+
+def _shard_value_and_grad(slot, shard):
+    """In a worker: the shard's loss; its gradient goes into gradient slot ``slot``."""
+    _ready()
+    value, grads = _WORKER["value_and_grad"](_WORKER["params"], shard)
+    _pack(grads, _WORKER["grads"][slot])
+    return float(value), os.getpid(), _peak_kb()
 
 
 class DataParallel:
@@ -231,90 +214,77 @@ class DataParallel:
 
     ``loss_factory()`` must build ``loss(params, batch)`` inside each worker, so it has to be
     picklable (a module-level function, or ``functools.partial`` of one). ``params`` fixes the
-    tree's layout (all leaves of one dtype). Each worker is a fresh ``python -m
-    minidiff.nn.parallel`` with one BLAS thread (no ``if __name__ == "__main__"`` guard needed in
-    the caller's script, unlike ``multiprocessing``'s spawn). Use as a context manager, or call
-    ``close()``; ``peak_gb`` is then the sum of the workers' peak resident memory.
+    tree's layout (all leaves of one dtype). The workers are spawned fresh, so a script that
+    uses this needs no ``if __name__ == "__main__"`` guard beyond the usual one for
+    ``multiprocessing``. Use as a context manager, or call ``close()``; ``peak_gb`` is then the
+    sum of the workers' peak resident memory.
     """
 
     def __init__(self, loss_factory, params, workers=2):
         if not (isinstance(workers, int) and workers >= 1):
             raise ValueError(f"`workers` must be a positive integer (got {workers!r})")
-        self.workers = workers
+        self.workers, self.peak_gb, self._peaks = workers, None, {}
         self.structure = tree_structure(params)
         self.shapes, self.offsets, self.dtype = _layout(params)
-        self._params_flat = onp.empty(int(self.offsets[-1]), self.dtype)
-        self._grads_flat = [onp.empty_like(self._params_flat) for _ in range(workers)]
-        self.peak_gb = None
-        self._procs = [_spawn_worker() for _ in range(workers)]
-        setup = (loss_factory, self.structure, self.shapes, self.offsets, self.dtype)
-        for proc in self._procs:
-            self._send(proc, setup)
-        for proc in self._procs:
-            self._expect(proc, "ready")
-
-    @staticmethod
-    def _send(proc, obj):
-        pickle.dump(obj, proc.stdin)
-        proc.stdin.flush()
-
-    def _expect(self, proc, kind):
+        size, itemsize = int(self.offsets[-1]), onp.dtype(self.dtype).itemsize
+        self._shm = [shared_memory.SharedMemory(create=True, size=max(1, size * itemsize)),
+                     shared_memory.SharedMemory(create=True, size=max(1, workers * size
+                                                                      * itemsize))]
+        self._params_flat = onp.ndarray((size,), self.dtype, buffer=self._shm[0].buf)
+        self._grads = onp.ndarray((workers, size), self.dtype, buffer=self._shm[1].buf)
         try:
-            got, payload = pickle.load(proc.stdout)
-        except EOFError:
+            # the factory travels pickled, so that unpickling it (importing its module) happens
+            # inside the initializer's error handling
+            self._pool = _pool(workers, _init_worker,
+                               (pickle.dumps(loss_factory), self._shm[0].name, self._shm[1].name,
+                                self.structure, self.shapes, self.offsets, self.dtype, workers),
+                               ping=_ready)
+        except RuntimeError as err:
+            self._pool = None
             self.close()
-            raise RuntimeError("a DataParallel worker died without a message (its stderr "
-                               "above says why)") from None
-        if got == "error":
-            self.close()
-            raise RuntimeError(f"a DataParallel worker failed:\n{payload}")
-        if got != kind:
-            self.close()
-            raise RuntimeError(f"a DataParallel worker sent {got!r}, expected {kind!r}")
-        return payload
+            raise RuntimeError(f"a DataParallel worker failed:\n{err}") from err
 
     def __call__(self, params, batch):
-        if not self._procs:
+        if self._pool is None:
             raise RuntimeError("this DataParallel is closed")
         n = len(next(iter(batch.values())))
         if n < self.workers:
             raise ValueError(f"the batch must hold at least `workers` = {self.workers} items "
                              f"(got {n})")
         sizes = shard_sizes(n, self.workers)
-        _pack(params, self._params_flat)
-        for proc, shard in zip(self._procs, split_batch(batch, sizes), strict=True):
-            pickle.dump(shard, proc.stdin)
-            proc.stdin.write(memoryview(self._params_flat).cast("B"))
-            proc.stdin.flush()
-        value, grad = 0.0, None
-        for proc, buf, size in zip(self._procs, self._grads_flat, sizes, strict=True):
-            weight = size / n
-            value += weight * self._expect(proc, "value")
-            _read_exactly(proc.stdout, buf)
-            grad = buf * weight if grad is None else grad + buf * weight
+        _pack(params, self._params_flat)  # the workers read the parameters from here
+        futures = [self._pool.submit(_shard_value_and_grad, k, shard)
+                   for k, shard in enumerate(split_batch(batch, sizes))]
+        value = 0.0
+        for f, size in zip(futures, sizes, strict=True):
+            try:
+                v, pid, peak = f.result()
+            except Exception as err:  # noqa: BLE001
+                for other in futures:
+                    other.cancel()
+                concurrent.futures.wait(futures)
+                raise RuntimeError(f"a DataParallel worker failed:\n{_cause(err)}") from err
+            value += size / n * v
+            self._peaks[pid] = peak
+        grad = self._grads[0] * (sizes[0] / n)  # slots added in a fixed order: deterministic
+        for k in range(1, self.workers):
+            grad += self._grads[k] * (sizes[k] / n)
         return value, _views(grad, self.structure, self.shapes, self.offsets)
 
     def close(self):
-        """Stop the workers (safe to call twice); records ``peak_gb``."""
-        procs, self._procs = self._procs, []
-        peaks = []
-        for proc in procs:
-            try:
-                self._send(proc, None)
-                kind, kb = pickle.load(proc.stdout)
-                if kind == "peak_kb":
-                    peaks.append(kb)
-            except (OSError, EOFError, pickle.UnpicklingError):
-                pass
-            for stream in (proc.stdin, proc.stdout):
-                stream.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if peaks:
-            self.peak_gb = sum(peaks) / 1024**2
+        """Stop the workers and free the shared memory (safe to call twice); records
+        ``peak_gb``."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        self._params_flat = self._grads = None  # views into the blocks: released before close
+        for shm in getattr(self, "_shm", []):
+            shm.close()
+            with contextlib.suppress(FileNotFoundError):
+                shm.unlink()
+        self._shm = []
+        if self._peaks:
+            self.peak_gb = sum(self._peaks.values()) / 1024**2
 
     def __enter__(self):
         return self
@@ -322,7 +292,3 @@ class DataParallel:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-if __name__ == "__main__":
-    _map_worker_main() if "--map" in sys.argv[1:] else _worker_main()
