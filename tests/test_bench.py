@@ -27,6 +27,53 @@ def test_torch_twin_has_the_same_architecture():
     assert sum(p.numel() for p in twin.parameters()) == numpy_params
 
 
+def test_torch_unet_twin_computes_the_same_function():
+    torch = pytest.importorskip("torch")
+    from minidiff.tools.torch_twins import TorchUNet
+
+    rng = np.random.default_rng(0)
+    cfg = unet.UNetConfig()
+    # Random weights everywhere (the zero-initialised output convolutions would hide the blocks).
+    params = nn.tree_map(lambda a: (0.1 * rng.standard_normal(a.shape)).astype(np.float32),
+                         unet.init(rng, cfg))
+    for blk in params["down"] + params["up"] + [params["mid"]]:  # GroupNorm scales near 1
+        for p in (v for v in blk.values() if isinstance(v, dict)):
+            for norm in (p.get(k) for k in ("norm1", "norm2", "norm")):
+                if norm is not None:
+                    norm["gamma"] = norm["gamma"] + np.float32(1.0)
+    twin = TorchUNet().from_numpy(params)
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    t, y = np.array([1.0, 500.0, 999.0], np.float32), np.array([0, 7, 10])
+    ours = unet.apply(params, x, t, y, cfg)
+    with torch.no_grad():
+        theirs = twin(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
+
+
+def test_export_writes_a_loadable_twin_of_a_model_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    from minidiff import images
+    from minidiff.tools import torch_twins
+
+    cfg = dit.DiTConfig(patch=7, width=32, depth=1, heads=2)
+    params = nn.tree_map(lambda a: a + np.float32(0.05), dit.init(np.random.default_rng(1), cfg))
+    images.save_model(tmp_path / "d.npz", params, cfg, kind="dit")
+    assert torch_twins.main(["export", str(tmp_path / "d.npz"), str(tmp_path / "d.pt")]) == 0
+    saved = torch.load(tmp_path / "d.pt", weights_only=True)
+    twin = torch_twins.TorchDiT(7, 32, 1, 2)
+    twin.load_state_dict(saved["state_dict"])
+    assert saved["model"] == "dit" and saved["schedule"] == {"name": "linear", "T": 1000}
+    x = np.random.default_rng(2).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    t, y = np.array([3.0, 900.0], np.float32), np.array([1, 10])
+    with torch.no_grad():
+        theirs = twin(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
+    np.testing.assert_allclose(dit.apply(params, x, t, y, cfg), theirs, rtol=1e-4, atol=1e-5)
+    wide = unet.UNetConfig(channels=(8, 16), attention_levels=(1,), head_channels=8)
+    images.save_model(tmp_path / "u.npz", unet.init(np.random.default_rng(0), wide), wide)
+    with pytest.raises(ValueError, match="TorchUNet mirrors"):
+        torch_twins.to_torch(tmp_path / "u.npz")
+
+
 def test_torch_dit_twin_computes_the_same_function():
     torch = pytest.importorskip("torch")
     from minidiff.tools.torch_twins import TorchDiT

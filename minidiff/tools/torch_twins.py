@@ -1,13 +1,27 @@
-"""The chapter 6 U-Net written again in PyTorch, layer for layer, for ``make bench`` only.
+"""The chapter 6 U-Net and the chapter 9 DiT written again in PyTorch, layer for layer: what
+``make bench`` times against minidiff, and the way out for a learner who outgrows the CPU.
 
-It mirrors ``minidiff/models/unet.py`` with its default ``UNetConfig`` (same blocks, channels,
-AdaGN, attention at 7 x 7, skip concatenation, nearest up-sampling with a convolution, strided
-convolution down-sampling) so that the two step times compare the same arithmetic. PyTorch is an
-optional tool here, never a dependency: this module is imported only when it is installed.
+``TorchUNet`` mirrors ``minidiff/models/unet.py`` with its default ``UNetConfig`` (same blocks,
+channels, AdaGN, attention at 7 x 7, skip concatenation, nearest up-sampling with a convolution,
+strided convolution down-sampling); ``TorchDiT`` mirrors ``minidiff/models/dit.py``. Both load
+minidiff's weights (``from_numpy``) and compute the same function (``tests/test_bench.py``), so
+a model trained here continues in PyTorch:
+
+    python -m minidiff.tools.torch_twins export data/weights/unet_mnist.npz unet.pt
+
+writes ``{"state_dict", "model", "config", "target", "schedule"}`` with ``torch.save``; load it
+with ``to_torch``'s twin class and ``load_state_dict``. The nearest libraries' classes:
+``TorchUNet`` is ADM's class-conditional U-Net in small (diffusers ``UNet2DModel`` with
+``num_class_embeds``, ``resnet_time_scale_shift="scale_shift"``), ``TorchDiT`` is DiT's
+(diffusers ``DiTTransformer2DModel``). PyTorch is an optional tool here, never a dependency:
+this module is imported only when it is installed.
 """
 
+import argparse
 import math
+import sys
 
+import numpy as onp
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -75,6 +89,56 @@ class TorchUNet(nn.Module):
                     blocks.append(nn.Conv2d(c, c, 3, padding=1))  # after nearest up-sampling
                 self.up.append(nn.ModuleList(blocks))
         self.norm_out, self.conv_out = nn.GroupNorm(groups, c), nn.Conv2d(c, 1, 3, padding=1)
+
+    @torch.no_grad()
+    def from_numpy(self, params):
+        """Copy ``minidiff.models.unet`` parameters (default ``UNetConfig``) into this twin."""
+        def lin(mod, p):
+            mod.weight.copy_(torch.from_numpy(onp.ascontiguousarray(p["w"].T)))
+            mod.bias.copy_(torch.from_numpy(p["b"]))
+
+        def conv(mod, p):  # torch's Conv2d is minidiff's cross-correlation, (O, C, kh, kw)
+            mod.weight.copy_(torch.from_numpy(p["w"]))
+            mod.bias.copy_(torch.from_numpy(p["b"]))
+
+        def norm(mod, p):
+            mod.weight.copy_(torch.from_numpy(p["gamma"]))
+            mod.bias.copy_(torch.from_numpy(p["beta"]))
+
+        def res(mod, p):
+            norm(mod.norm1, p["norm1"]), conv(mod.conv1, p["conv1"]), lin(mod.emb, p["emb"])
+            norm(mod.norm2, p["norm2"]), conv(mod.conv2, p["conv2"])
+            if "skip" in p:
+                conv(mod.skip, p["skip"])
+
+        def attn(mod, p):
+            norm(mod.norm, p["norm"]), lin(mod.qkv, p["qkv"]), lin(mod.proj, p["proj"])
+
+        lin(self.time[0], params["time1"])
+        lin(self.time[2], params["time2"])
+        self.class_emb.weight.copy_(torch.from_numpy(params["class_emb"]))
+        conv(self.conv_in, params["conv_in"])
+        down = iter(self.down)
+        for blk in params["down"]:  # {"res", "attn"?} or {"downsample"}, as the twin's list
+            if "downsample" in blk:
+                conv(next(down), blk["downsample"])
+                continue
+            res(next(down), blk["res"])
+            if "attn" in blk:
+                attn(next(down), blk["attn"])
+        res(self.mid[0], params["mid"]["res1"])
+        attn(self.mid[1], params["mid"]["attn"])
+        res(self.mid[2], params["mid"]["res2"])
+        for mods, blk in zip(self.up, params["up"], strict=True):
+            res(mods[0], blk["res"])
+            rest = iter(mods[1:])
+            if "attn" in blk:
+                attn(next(rest), blk["attn"])
+            if "upsample" in blk:
+                conv(next(rest), blk["upsample"])
+        norm(self.norm_out, params["norm_out"])
+        conv(self.conv_out, params["conv_out"])
+        return self
 
     def forward(self, x, t, y):
         half = self.ch0 // 2
@@ -171,3 +235,58 @@ class TorchDiT(nn.Module):
         lin(self.final, params["final"])
         self.pos.copy_(torch.from_numpy(pos))
         return self
+
+
+# ----------------------------------------------------------------------------- export
+
+def to_torch(weights):
+    """The PyTorch twin of a minidiff model file (``train unet`` / ``train dit``), with its
+    weights, and the file's metadata. Architectures the twins do not mirror are refused by name."""
+    from minidiff.images import load_model
+    from minidiff.models import dit, unet
+
+    _, params, cfg, meta = load_model(weights)
+    if meta["model"] == "unet":
+        default = unet.UNetConfig().to_dict()
+        same = {k: v for k, v in cfg.to_dict().items() if k not in ("channels",
+                                                                     "attention_levels")}
+        if same != {k: default[k] for k in same} \
+                or cfg.attention_levels != (len(cfg.channels) - 1,):
+            raise ValueError(f"{weights!s}: TorchUNet mirrors the default UNetConfig (any "
+                             f"channels, attention at the last level) (got {cfg})")
+        return TorchUNet(channels=cfg.channels).from_numpy(params), meta
+    if cfg.conditioning != "adaln_zero" or cfg.in_channels != 1:
+        raise ValueError(f"{weights!s}: TorchDiT mirrors the adaLN-zero DiT on one channel "
+                         f"(got {cfg})")
+    twin = TorchDiT(cfg.patch, cfg.width, cfg.depth, cfg.heads, cfg.resolution,
+                    cfg.num_classes)
+    pos = dit.sincos_2d(cfg.width, cfg.resolution // cfg.patch).astype(onp.float32)
+    return twin.from_numpy(params, pos), meta
+
+
+def export(weights, out):
+    """Write the twin of ``weights`` to ``out`` (``torch.save`` of its ``state_dict`` with the
+    model kind, config, prediction target and noise schedule). Returns the twin."""
+    twin, meta = to_torch(weights)
+    torch.save({"state_dict": twin.state_dict(), "model": meta["model"],
+                "config": meta["config"], "target": meta.get("target", "eps"),
+                "schedule": meta.get("schedule", {"name": "linear", "T": 1000})}, out)
+    return twin
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minidiff.tools.torch_twins",
+                                     description="Export a minidiff model file to PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="write a model file's PyTorch twin (torch.save)")
+    ex.add_argument("weights", help="a minidiff model file (.npz)")
+    ex.add_argument("out", help="the PyTorch file to write (.pt)")
+    args = parser.parse_args(argv)
+    twin = export(args.weights, args.out)
+    print(f"{type(twin).__name__} with {sum(p.numel() for p in twin.parameters())} parameters "
+          f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
