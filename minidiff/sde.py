@@ -64,11 +64,14 @@ def langevin_corrector(score, path, x, t, t_prev, rng, snr=0.16, n_steps=1):
     """The Langevin corrector of predictor-corrector sampling (Song et al. 2021, appendix G,
     Algorithms 4-5): ``x <- x + e s + sqrt(2 e) z`` with the step set by a target signal-to-noise
     ratio, ``e = 2 a (snr |z| / |s|)²`` (norms averaged over the batch, as in the paper's code),
-    ``a = (alpha(t_prev) / alpha(t))²`` (``1 - beta_i`` for VP, 1 for VE)."""
+    where ``a`` is score_sde's ``alpha_i = 1 - beta_i`` of the step from ``t`` down to
+    ``t_prev``: on a path, ``1 - beta_i = alpha_bar_i / alpha_bar_{i-1} = (alpha(t) /
+    alpha(t_prev))²`` with ``t > t_prev`` (``exp(-int beta)`` for VP: 0.9801 at ``t = 0.5`` over
+    500 steps, where ``1 - beta(t) dt = 0.9799``; 1 for VE, whose alpha is 1)."""
     if not (0 < snr < math.inf and isinstance(n_steps, int) and n_steps >= 0):
         raise ValueError(f"`snr` must be positive and `n_steps` a non-negative integer (got "
                          f"{snr}, {n_steps!r})")
-    a = float(path.alpha(t_prev) / path.alpha(t)) ** 2 if t_prev is not None else 1.0
+    a = float(path.alpha(t) / path.alpha(t_prev)) ** 2 if t_prev is not None else 1.0
     for _ in range(n_steps):
         s = score(x, t)
         z = rng.standard_normal(x.shape)
@@ -199,9 +202,13 @@ def dequantize(pixels, rng):
 def bits_per_dim(log_density, dim):
     """Bits per dimension of discrete 8-bit data from a continuous log-density on ``[-1, 1]^D``.
 
-    With uniform dequantisation, ``-log P(u) <= -log p(x) - D log(2/256)``: a bin of width
-    ``2/256`` per pixel. So ``bpd = (-log p(x) + D log 128) / (D log 2)``, i.e. the continuous
-    bits plus exactly 7: the offset that codebases working on ``[-1, 1]`` must add (score_sde's
-    ``offset = 7 - inverse_scaler(-1)``), and which is easy to lose.
+    With uniform dequantisation, ``-log P(u) <= E_noise[-log p(x)] - D log(2/256)``: a bin of
+    width ``2/256`` per pixel. The bound holds *in expectation* over the uniform noise (Jensen's
+    inequality on ``log P(u) = log E[p(x)] + D log(2/256)``, Theis et al. 2016), not for each
+    draw: one dequantised sample can land below it. So
+    ``bpd = (-log p(x) + D log 128) / (D log 2)``, i.e. the continuous bits plus exactly 7, is
+    an upper bound on the data's bits when averaged over draws: the offset that codebases
+    working on ``[-1, 1]`` must add (score_sde's ``offset = 7 - inverse_scaler(-1)``), and which
+    is easy to lose.
     """
     return (-onp.asarray(log_density) + dim * math.log(128.0)) / (dim * math.log(2.0))

@@ -100,6 +100,25 @@ def test_predictor_corrector_reproduces_the_mixture(mixture):
                                            float(path.sigma(1e-3))).sample(2000, rng)) > 1e-3
 
 
+def test_one_corrector_step_has_score_sdes_step_size():
+    # With the exact score the corrector leaves p_t unchanged whatever its step size, so the
+    # distribution test above cannot see a wrong one. One step, replayed by hand: Song et al.
+    # 2021, Algorithm 5 (score_sde's LangevinCorrector), e = 2 alpha_i (snr |z| / |s|)^2 with
+    # alpha_i = 1 - beta_i = exp(-int_{t_prev}^t beta) on the VP path.
+    path, t, t_prev, snr = process.VP(), 0.5, 0.498, 0.16
+    x = np.random.default_rng(0).standard_normal((64, 2))
+    score = lambda x, t: -1.3 * x + 0.2  # noqa: E731  (any fixed field)
+    out = sde.langevin_corrector(score, path, x, t, t_prev, np.random.default_rng(7), snr)
+    z = np.random.default_rng(7).standard_normal(x.shape)
+    s = score(x, t)
+    big_b = lambda u: 0.1 * u + 0.5 * 19.9 * u * u  # noqa: E731  int_0^u beta, written out
+    alpha_i = np.exp(-(big_b(t) - big_b(t_prev)))
+    assert alpha_i == pytest.approx(1 - 10.05 * 0.002, abs=5e-4)  # 1 - beta(t) dt = 0.9799
+    ratio = np.linalg.norm(z, axis=1).mean() / np.linalg.norm(s, axis=1).mean()
+    e = 2 * alpha_i * (snr * ratio) ** 2
+    np.testing.assert_allclose(out, x + e * s + np.sqrt(2 * e) * z, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("solver", ["heun", "rk45"])
 def test_pf_ode_reproduces_the_mixture(mixture, solver):
     rng, path = np.random.default_rng(3), PATHS["vp"]
