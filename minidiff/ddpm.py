@@ -219,8 +219,10 @@ def vlb(eps_fn, sched, x0, rng, variance="beta_tilde"):
 # ----------------------------------------------------------------------------- 4. samplers
 
 def _reverse_variance(sched, variance):
-    """``sigma_t²`` of the reverse kernel: ``beta_t`` (the upper bound on the reverse variance)
-    or ``beta~_t`` (the lower bound); Ho et al. (2020, sec. 3.2) found both work equally well."""
+    """``sigma_t²`` of the reverse kernel: ``beta_t`` or ``beta~_t``. Ho et al. (2020, sec. 3.2):
+    the first is optimal for ``x0 ~ N(0, I)``, the second for ``x0`` one fixed point, and both
+    worked equally well; only for data of unit variance are they the upper and lower bounds on
+    the reverse process entropy (Sohl-Dickstein et al. 2015), not bounds for any data."""
     if variance == "beta":
         return sched.betas
     if variance == "beta_tilde":

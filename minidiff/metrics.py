@@ -213,8 +213,11 @@ def sliced_wasserstein(x, y, rng, n_proj=128):
 
 def pf_ode_nll(score, path, x, t_eps=1e-5, rtol=1e-5, atol=1e-5):
     """Mean exact ``-log p_{t_eps}(x)`` in nats for 2D points under a score model
-    ``score(x, t)`` that autograd can trace (``sde.log_likelihood`` with the exact divergence
-    and a ``N(0, sigma(1)²)`` prior)."""
+    ``score(x, t)`` that autograd can trace (``sde.log_likelihood`` with the exact divergence).
+    The prior is ``N(0, (alpha(1)² + sigma(1)²) I)``: the law of ``x_1 = alpha(1) x0 +
+    sigma(1) eps`` for data of unit variance, so ``N(0, I)`` on VP paths and nearly
+    ``N(0, sigma_max²)`` on VE, where ``alpha = 1`` (a prior of variance ``sigma(1)²`` alone would
+    drop the signal VP keeps at ``t = 1`` and VE always keeps)."""
     from . import sde
 
     drift = sde.pf_ode_drift(score, path)

@@ -163,8 +163,11 @@ if FAST:  # a few seconds of training, to show the loop runs from here too
 # (Ho & Salimans 2022; chapter 7 explains it): $w = 1$ is the plain class-conditional model,
 # $w = 2$ pushes harder towards the class. As in Ho et al.'s and ADM's image samplers, the
 # predicted $\hat x_0$ is clipped to the pixel range $[-1, 1]$ at every step (`clip_x0`): at high
-# noise a small network's $\hat x_0$ is far outside it, and without the clip the samples keep a
-# speckled background.
+# noise a small network's $\hat x_0$ is far outside it. The clip keeps each step's target in the
+# range; it does not clean the background: grey speckle remains in several samples below. What
+# it measurably does: FD-MNIST at guidance 2 (300 images, 50 steps) is 23.5 with it and 27.1
+# without it for the batch-64 model (`data/weights/README.md`), and at step 900 it raises the
+# mean pixel of $\hat x_0$ by about 0.4, from 0.11 below the digits' to 0.28 above (section 4).
 
 # %%
 n_per_class = 2 if FAST else 8
@@ -211,8 +214,8 @@ for i in (100, 500, 700, 900):
 # against 0.131 for the training digits (measured on the shipped model's 1,000-sample runs of the
 # README).
 #
-# The fix chapter 5 suggests is to predict $v = \sqrt{\bar\alpha}\,\epsilon - \sqrt{1-\bar\alpha}\,
-# x_0$ instead (Salimans & Ho 2022, sec. 4): at high noise the network outputs about $-x_0$
+# One remedy, from chapter 5's table of targets, is to predict $v = \sqrt{\bar\alpha}\,\epsilon -
+# \sqrt{1-\bar\alpha}\, x_0$ instead (Salimans & Ho 2022, sec. 4): at high noise the network outputs about $-x_0$
 # directly, and its loss weighs the $x_0$ error by $\mathrm{SNR} + 1$ instead of $\mathrm{SNR}$
 # (`targets.x0_error_factor`). `train unet --target v` does that; `images.load_model` converts
 # any target back to $\epsilon$ (`images.eps_network`), so sampling and guidance do not change.

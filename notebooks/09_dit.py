@@ -199,7 +199,8 @@ print("ours, default (patch 4, width 128, depth 4):", f"{1e3 * dit.gflops(dit.Di
 # %% [markdown]
 # ## 5. The shipped DiT
 #
-# Trained with the chapter 6 recipe (`images.train_mnist`: label dropout 10%, Adam with
+# Trained with the chapter 6 training loop (`images.train_mnist`: label dropout 10%, the
+# command's default then; the shipped U-Net drops 50%; Adam with
 # warm-up, clipping, warmed-up EMA) with one change: the noise-prediction loss is weighted by
 # **Min-SNR-5** (Hang et al. 2023; chapter 5), `min(SNR, 5) / SNR` in the eps frame, which spends
 # less of the gradient on the nearly clean steps. Same command, seed and budget otherwise, the
