@@ -104,20 +104,30 @@ def heun(denoiser, x, sigmas, rng=None, churn=0.0, s_tmin=0.0, s_tmax=float("inf
     return x
 
 
+def ancestral_levels(s, s_next, eta=1.0):
+    """``(sigma_down, sigma_up)`` of an ancestral step from ``s`` to ``s_next``:
+    ``sigma_up = min(s_next, eta sqrt(s_next² (s² - s_next²) / s²))`` and ``sigma_down =
+    sqrt(s_next² - sigma_up²)``, so that noise of std ``sigma_up`` added at ``sigma_down`` lands
+    on ``s_next``. With ``eta = 1``, ``sigma_up²`` is DDPM's posterior variance ``beta~_t``
+    (Ho et al. 2020, eq. (7)) in the sigma frame, ``beta~_t / alpha_bar_{t-1}`` with
+    ``s = sigma_t / alpha_t`` and ``s_next = sigma_{t-1} / alpha_{t-1}``
+    (tests/test_samplers.py)."""
+    up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
+    return math.sqrt(s_next**2 - up**2), up
+
+
 def euler_ancestral(denoiser, x, sigmas, rng, eta=1.0):
     """Ancestral sampling with Euler steps: go down deterministically to ``sigma_down``, then add
-    noise of std ``sigma_up`` so the level is ``sigma_next`` again, with
-    ``sigma_up = min(sigma_next, eta sqrt(sigma_next² (sigma² - sigma_next²) / sigma²))`` and
-    ``sigma_down = sqrt(sigma_next² - sigma_up²)``. With ``eta = 1`` this is the variance
-    ``sigma_up²`` of DDPM's posterior written in the sigma frame."""
+    noise of std ``sigma_up`` so the level is ``sigma_next`` again (``ancestral_levels``; with
+    ``eta = 1`` DDPM's posterior variance in the sigma frame; k-diffusion's
+    ``sample_euler_ancestral``)."""
     sigmas = _check(sigmas)
     if not 0.0 <= eta <= 1.0:  # also refuses NaN
         raise ValueError(f"`eta` must lie in [0, 1] (got {eta}): 0 is the ODE, 1 DDPM's noise")
     if not isinstance(rng, onp.random.Generator):
         raise TypeError(f"`rng` must be a numpy.random.Generator (got {type(rng).__name__})")
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
-        down = math.sqrt(s_next**2 - up**2)
+        down, up = ancestral_levels(s, s_next, eta)
         x = x + (down - s) * _d(denoiser, x, s)
         if up > 0:
             x = x + up * rng.standard_normal(x.shape)

@@ -225,10 +225,10 @@ def test_modulated_layer_norm_matches_the_formula_and_passes_check_grads(rng):
     shift, scale = rng.normal(size=(2, 1, 6)), rng.normal(size=(2, 1, 6))
     np.testing.assert_allclose(nn.modulated_layer_norm(x, shift, scale),
                                _mln_reference(x, shift, scale), rtol=1e-12, atol=1e-12)
-    check_grads(nn.modulated_layer_norm, modes=["rev"], order=1)(x, shift, scale)
+    check_grads(nn.modulated_layer_norm, argnum=(0, 1, 2), modes=["rev"], order=1)(x, shift, scale)
     # shared (1, 1, D) modulation broadcasts over samples and tokens; gradients sum back to it
     s1, c1 = rng.normal(size=(1, 1, 6)), rng.normal(size=(1, 1, 6))
-    check_grads(nn.modulated_layer_norm, modes=["rev"], order=1)(x, s1, c1)
+    check_grads(nn.modulated_layer_norm, argnum=(0, 1, 2), modes=["rev"], order=1)(x, s1, c1)
     xf, sf = x.astype(np.float32), shift.astype(np.float32)
     grads = autograd.grad(lambda a, b, c: np.sum(nn.modulated_layer_norm(a, b, c) ** 2),
                           argnum=(0, 1, 2))(xf, sf, sf)

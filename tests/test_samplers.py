@@ -113,3 +113,41 @@ def test_ddim_eta0_is_euler_on_the_probability_flow_ode_in_the_sigma_frame(mixtu
     D = samplers.denoiser_from_path(process.oracle(mixture, path, "x0"), "x0", path)
     euler = samplers.euler(D, x_T / path.alpha(int(tau[-1])), sigmas)
     np.testing.assert_allclose(euler, ddim, rtol=0, atol=1e-9)
+
+
+def test_euler_ancestral_with_eta_one_adds_ddpm_posterior_variance(rng):
+    # DDPM's posterior q(x_{t-1} | x_t, x0) has variance beta~_t (Ho et al. 2020, eq. (7)); in the
+    # sigma frame y = x / alpha_{t-1} that is beta~_t / alpha_bar_{t-1}, at the levels
+    # s = sigma_t / alpha_t -> s_next = sigma_{t-1} / alpha_{t-1}.
+    from minidiff import ddpm
+
+    sched = ddpm.schedule("linear")
+    for i in (1, 10, 300, 999):
+        s, s_next = sched.path.ratios[i], sched.path.ratios[i - 1]
+        down, up = samplers.ancestral_levels(s, s_next, eta=1.0)
+        assert up**2 == pytest.approx(sched.beta_tilde[i] / sched.alpha_bar[i - 1], rel=1e-10)
+        assert down**2 + up**2 == pytest.approx(s_next**2, rel=1e-12)
+    # and the sampler adds exactly that noise: with D = x the slope is zero, x = up * z
+    out = samplers.euler_ancestral(lambda x, s: x, np.zeros((5, 2)), np.array([2.0, 1.5]),
+                                   np.random.default_rng(4))
+    z = np.random.default_rng(4).standard_normal((5, 2))
+    np.testing.assert_allclose(out, samplers.ancestral_levels(2.0, 1.5)[1] * z, rtol=1e-14)
+
+
+def test_dpm_solver_pp_2m_matches_lu_et_al_algorithm_2_worked_by_hand():
+    # Algorithm 2 of Lu et al. 2022 (DPM-Solver++(2M)) with alpha = 1, lambda = -log sigma, on
+    # the uneven grid 4 -> 2 -> 0.5 -> 0 (h1 = log 2, h2 = log 4, so r = h1 / h2 = 1/2: inverting
+    # r changes the answer), for a denoiser that depends on x and sigma:
+    #   x1 = (s1/s0) x0 - (e^{-h1} - 1) D(x0, s0)
+    #   x2 = (s2/s1) x1 - (e^{-h2} - 1) ((1 + 1/(2r)) D(x1, s1) - 1/(2r) D(x0, s0))
+    #   x3 = D(x2, s2)                                    (the step to sigma = 0)
+    D = lambda x, s: 0.3 * x + np.sin(s)  # noqa: E731
+    s0, s1, s2, x0 = 4.0, 2.0, 0.5, np.array([[1.7, -0.4]])
+    h1, h2 = np.log(s0 / s1), np.log(s1 / s2)
+    r = h1 / h2
+    x1 = (s1 / s0) * x0 - (np.exp(-h1) - 1) * D(x0, s0)
+    x2 = (s2 / s1) * x1 - (np.exp(-h2) - 1) * ((1 + 1 / (2 * r)) * D(x1, s1)
+                                               - 1 / (2 * r) * D(x0, s0))
+    expected = D(x2, s2)
+    got = samplers.dpm_solver_pp_2m(D, x0, np.array([s0, s1, s2, 0.0]))
+    np.testing.assert_allclose(got, expected, rtol=1e-14)

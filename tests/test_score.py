@@ -133,3 +133,10 @@ def test_bad_input_is_named(rng):
 def test_mode_fractions():
     x = np.array([[0.1, 0.0], [0.9, 1.0], [1.2, 0.8], [-3.0, 0.0]])
     np.testing.assert_allclose(score.mode_fractions(x, [[0, 0], [1, 1]]), [0.5, 0.5])
+
+
+def test_geometric_sigmas_have_the_constant_ratio_of_song_ermon_2019():
+    # sec. 4.2: sigma_1 > ... > sigma_L with sigma_{i-1} / sigma_i constant (a linspace grid fails)
+    s = score.geometric_sigmas(10.0, 0.1, 10)
+    assert s[0] == pytest.approx(10.0) and s[-1] == pytest.approx(0.1) and len(s) == 10
+    np.testing.assert_allclose(s[:-1] / s[1:], (10.0 / 0.1) ** (1 / 9), rtol=1e-12)
