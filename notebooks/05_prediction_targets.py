@@ -70,10 +70,51 @@ path = process.VP()
 #
 # **Min-SNR-$\gamma$** gives the $x_0$ error the weight $\min(\mathrm{SNR}, \gamma)$, $\gamma = 5$.
 # In the $\epsilon$ loss that is $\min(\mathrm{SNR},\gamma)/\mathrm{SNR}$, in the $v$ loss
-# $\min(\mathrm{SNR},\gamma)/(\mathrm{SNR}+1)$ — on a VP path. (The article this project grew from
-# says "constant weighting matches ε-prediction, SNR weighting matches x0" without a frame; the
-# statement is exact only in the $x_0$-error frame above.) `tests/test_targets.py` checks that,
-# for random models, the three Min-SNR-weighted losses are *equal*, not just similar.
+# $\min(\mathrm{SNR},\gamma)/(\mathrm{SNR}+1)$ — on a VP path. `tests/test_targets.py` checks
+# that, for random models, the three Min-SNR-weighted losses are *equal*, not just similar.
+#
+# The article this project grew from says "constant weighting matches ε-prediction, SNR
+# weighting matches x0". Read with the table, the pairing goes the other way round, and
+# precisely: **an $\epsilon$ loss with constant weight is an $x_0$ loss weighted by SNR; an
+# $x_0$ loss with constant weight is an $\epsilon$ loss weighted by 1/SNR; a $v$ loss is an
+# $x_0$ loss weighted by SNR + 1** (Salimans & Ho 2022, sec. 4; Hang et al. 2023, sec. 3). The
+# cell below measures the three weights on one network output read three ways, at four levels.
+
+# %%
+t4 = np.array([0.1, 0.4, 0.7, 0.95])
+a4, s4 = path.alpha(t4), path.sigma(t4)
+rng4 = np.random.default_rng(4)  # its own generator: the runs below draw from `rng` unchanged
+x0_4, eps_4 = rng4.standard_normal((4, 2)), rng4.standard_normal((4, 2))
+xt_4 = a4[:, None] * x0_4 + s4[:, None] * eps_4
+eps_hat4 = rng4.standard_normal((4, 2))  # any network output, read as eps
+err = {k: targets.squared_error(targets.from_eps(k, eps_hat4, xt_4, a4, s4),
+                                targets.target(k, x0_4, eps_4, a4, s4)) for k in ("eps", "x0", "v")}
+print(f"{'SNR':>9} {'eps loss / x0 loss':>19} {'x0 loss / eps loss':>19} {'v loss / x0 loss':>17}")
+for k in range(4):
+    print(f"{(a4[k] / s4[k]) ** 2:9.3f} {err['eps'][k] / err['x0'][k]:19.3f} "
+          f"{err['x0'][k] / err['eps'][k]:19.3f} {err['v'][k] / err['x0'][k]:17.3f}")
+print("(first column = SNR, second = 1/SNR, third = SNR + 1)")
+
+# %% [markdown]
+# **How much does the target itself vary?** With $\epsilon$ independent of $x_0$,
+# $\mathrm{Var}[v] = \alpha^2 + \sigma^2\,\mathrm{Var}[x_0]$ per dimension: exactly 1 at every $t$
+# on a VP path for unit-variance data, which is the sense in which $v$'s target has "constant
+# variance". Real data are not unit-variance: MNIST's pixels in $[-1, 1]$ vary by much less, so
+# $v$'s target drifts from the noise's variance at low noise to the data's at high noise (the
+# $\epsilon$ target always has variance 1, the $x_0$ target always the data's). Measured on 2,000
+# training digits against the formula (`tests/test_targets.py` checks it on Gaussian data):
+
+# %%
+digits = datasets.mnist("train")[0][:2000].reshape(2000, -1).astype(np.float64)
+pixel_var = digits.var(axis=0).mean()  # per-pixel variance, averaged over the 784 pixels
+vrng = np.random.default_rng(5)
+print(f"MNIST per-pixel variance {pixel_var:.3f}")
+print(f"{'t':>5} {'alpha':>6} {'sigma':>6} {'Var[v] formula':>15} {'measured':>9}")
+for tv in (0.05, 0.3, 0.5, 0.7, 0.95):
+    av, sv = float(path.alpha(tv)), float(path.sigma(tv))
+    v_t = targets.target("v", digits, vrng.standard_normal(digits.shape), av, sv)
+    print(f"{tv:5.2f} {av:6.3f} {sv:6.3f} {av**2 + sv**2 * pixel_var:15.3f} "
+          f"{v_t.var(axis=0).mean():9.3f}")
 
 # %%
 t = np.linspace(1e-3, 1, 400)
@@ -317,6 +358,11 @@ print("class agreement: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in agree.it
 
 # %%
 assert all(abs(v - 1) < 0.1 for v in var_eff), "EDM's target has unit variance at every level"
+snr4 = (a4 / s4) ** 2
+assert np.allclose(err["eps"], snr4 * err["x0"]), "an eps loss is an x0 loss weighted by SNR"
+assert np.allclose(err["x0"], err["eps"] / snr4), "an x0 loss is an eps loss weighted by 1/SNR"
+assert np.allclose(err["v"], (snr4 + 1) * err["x0"]), "a v loss is an x0 loss weighted by SNR + 1"
+assert 0.2 < pixel_var < 0.35, "MNIST's per-pixel variance in [-1, 1]"
 assert curves["x0"].max() / curves["x0"].min() > 10 * curves["EDM"].max() / curves["EDM"].min()
 assert all(q > (-8 if FAST else -3.0) for q in quality.values())
 assert np.abs(by_ddim - by_euler).max() < 1e-9, "DDIM with eta = 0 is Euler in the sigma frame"

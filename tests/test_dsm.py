@@ -130,3 +130,24 @@ def test_the_dsm_minimiser_is_the_noised_score():
 def test_bad_input_is_named(rng):
     with pytest.raises(ValueError, match="`sigma` must be positive"):
         dsm.denoising_score_matching(lambda x, s: x, np.zeros((3, 2)), 0.0, np.zeros((3, 2)))
+
+
+def test_l_simple_is_denoising_score_matching_summed_over_levels_with_alpha_below_one(rng):
+    # DDPM's L_simple on x_t = alpha x0 + sigma eps (alpha < 1) is denoising score matching in
+    # the sigma frame y = x_t / alpha = x0 + s eps, s = sigma / alpha, with the score
+    # s_theta(y) = -eps_theta(alpha y) / s and weight lambda = s²: per point
+    # |eps - eps_theta|² = 2 * ½ s² |s_theta + eps / s|² (Ho et al. 2020, sec. 3.4; Song et al.
+    # 2021, eq. (7)). Exact, with a deliberately imperfect eps model and one level per point.
+    from minidiff import ddpm
+
+    sched = ddpm.schedule("linear")
+    x0, eps = rng.standard_normal((64, 3)), rng.standard_normal((64, 3))
+    i = rng.integers(0, sched.T, 64)
+    a, s = sched.path.alpha(i)[:, None], sched.path.sigma(i)[:, None]
+    xt = a * x0 + s * eps
+    eps_model = lambda p, x, i: np.tanh(p * x) + 0.1 * i[:, None] / 1000  # noqa: E731
+    l_simple = ddpm.l_simple(eps_model)(0.7, {"xt": xt, "i": i, "eps": eps})
+    ratio = (s / a)[:, 0]  # (N,)
+    score_y = lambda y, lv: -eps_model(0.7, a * y, i) / lv[:, None]  # noqa: E731
+    dsm_value = dsm.denoising_score_matching(score_y, x0, ratio, eps, weight=ratio**2)
+    assert l_simple == pytest.approx(2 * dsm_value, rel=1e-12)

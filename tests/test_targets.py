@@ -98,8 +98,10 @@ def test_targets_are_the_definitions(rng):
 
 @pytest.mark.parametrize("vp", [True, False])
 def test_min_snr_frames(vp, rng):
-    # One network output per point, read as eps, x0 and v: on a VP path the three losses are
-    # exactly 1, SNR and SNR + 1 times the x0 error, and the Min-SNR-weighted losses coincide.
+    # One network output per point, read as eps, x0 and v: an eps loss with constant weight is
+    # an x0 loss weighted by SNR; an x0 loss with constant weight is an eps loss weighted by
+    # 1/SNR; on a VP path a v loss is an x0 loss weighted by SNR + 1 (Salimans & Ho 2022,
+    # sec. 4; notebook 05 says the same words); the Min-SNR-weighted losses coincide.
     n = 64
     t = rng.uniform(0.02, 0.98, n)
     alpha = np.cos(t * np.pi / 2) if vp else 1.0 - t
@@ -112,6 +114,7 @@ def test_min_snr_frames(vp, rng):
             for k in ("x0", "eps", "v")}
     snr = (alpha / sigma) ** 2
     np.testing.assert_allclose(loss["eps"], snr * loss["x0"], rtol=1e-9)
+    np.testing.assert_allclose(loss["x0"], loss["eps"] / snr, rtol=1e-9)
     v_factor = snr + 1 if vp else (snr + 1) * (alpha**2 + sigma**2)
     np.testing.assert_allclose(loss["v"], v_factor * loss["x0"], rtol=1e-9)
     for k in loss:
@@ -196,3 +199,36 @@ def test_edm_loss_is_the_weighted_denoising_error(rng):
     D = targets.edm_denoiser(net, 0.5)(0.7, x, batch["sigma"])
     ref = np.mean(targets.edm_loss_weight(batch["sigma"]) * np.sum((D - batch["x0"]) ** 2, 1))
     np.testing.assert_allclose(targets.edm_loss(net, 0.5)(0.7, batch), ref, rtol=1e-10)
+
+
+def test_edm_training_levels_have_p_mean_and_p_std():
+    # Karras et al. 2022, table 1: ln sigma ~ N(P_mean, P_std²). With 100,000 draws the sample
+    # mean and std of ln sigma have standard errors P_std / 316 and P_std / 447; the tolerance is
+    # five of them.
+    n, p_mean, p_std = 100_000, -1.2, 1.2
+    log_s = np.log(targets.edm_sigmas(n, np.random.default_rng(3), p_mean, p_std))
+    assert log_s.mean() == pytest.approx(p_mean, abs=5 * p_std / np.sqrt(n))
+    assert log_s.std() == pytest.approx(p_std, abs=5 * p_std / np.sqrt(2 * n))
+    log_s = np.log(targets.edm_sigmas(n, np.random.default_rng(3), 0.4, 0.5))
+    assert log_s.std() == pytest.approx(0.5, abs=5 * 0.5 / np.sqrt(2 * n))
+
+
+@pytest.mark.parametrize("data_var", [1.0, 0.25])
+def test_v_target_variance_is_alpha2_plus_sigma2_times_the_data_variance(data_var):
+    # v = alpha eps - sigma x0 (Salimans & Ho 2022, sec. 4), eps independent of x0, so
+    # Var[v] = alpha² + sigma² Var[x0]: exactly 1 at every t on a VP path for unit-variance data,
+    # and between Var[x0] and 1 otherwise (MNIST's pixels in [-1, 1] have a per-pixel variance of
+    # 0.27 on average, so Var[v] falls from 1 to 0.27 along the path; notebook 05 prints it).
+    # Checked by sampling: 200,000 values per level, relative standard error of a variance
+    # sqrt(2 / n) = 0.3%, tolerance 5 of them.
+    from minidiff import ddpm
+
+    n, rng = 200_000, np.random.default_rng(0)
+    path = ddpm.schedule("linear").path
+    for i in (0, 250, 500, 999):
+        a, s = float(path.alpha(i)), float(path.sigma(i))
+        x0 = rng.normal(0, np.sqrt(data_var), n)
+        v = targets.target("v", x0, rng.standard_normal(n), a, s)
+        assert v.var() == pytest.approx(a * a + s * s * data_var, rel=5 * np.sqrt(2 / n))
+        if data_var == 1.0:
+            assert a * a + s * s == pytest.approx(1.0, abs=1e-12)
