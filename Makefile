@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: demo test test-slow notebooks lab lint bench clean
+.PHONY: demo test test-slow notebooks lab lint bench mutations clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "minidiff needs Python 3.11+"'
@@ -45,6 +45,10 @@ lab: $(STAMP)
 ## bench: time a U-Net training step (ratios within one run; PyTorch if installed in .venv)
 bench: $(STAMP)
 	$(BIN)/python -m minidiff.tools.bench
+
+## mutations: one-line changes to the maths that the unit tests must catch; prints survivors
+mutations: $(STAMP)
+	$(BIN)/python -m minidiff.tools.mutations
 
 ## lint: ruff over the package, the tests and the notebooks' sources
 lint: $(STAMP)

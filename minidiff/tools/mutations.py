@@ -1,0 +1,216 @@
+"""The mutation check: one-line changes to the mathematics that the test suite must notice.
+
+    python -m minidiff.tools.mutations            # every mutation; prints the survivors
+    python -m minidiff.tools.mutations --list     # the list
+    python -m minidiff.tools.mutations --only sde.corrector_alpha_inverted ...
+
+A test that still passes when the formula it guards is wrong proves nothing. Each entry below
+replaces one line of a module (``old`` must occur exactly once: ``tests/test_mutations.py``
+checks the list against the code in the default suite, so it cannot go stale), in a copy of the
+package in a temporary folder, and runs the unit tests there: first the files named with the
+mutation (``-x``, so a caught mutation costs seconds), then, if those pass, every unit test of
+the default suite (``make test`` without the notebook executions). A mutation that passes
+everything *survives*: a hole in the tests. ``make mutations`` runs the whole list.
+
+**Each new chapter adds its own** (issue convention): the lines that are the chapter's idea, a
+sign, a factor, an index, each with the test file that should catch it.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Mutation(typing.NamedTuple):
+    name: str
+    file: str  # relative to the repository
+    old: str
+    new: str
+    tests: tuple  # test files tried first
+
+
+M = Mutation
+MUTATIONS = [
+    # chapter 1: scores and Langevin
+    M("score.langevin_step_halved", "minidiff/score.py",
+      "x = x + (0.5 * step_size) * score(x)", "x = x + (0.25 * step_size) * score(x)",
+      ("tests/test_score.py",)),
+    M("score.geometric_sigmas_linspace", "minidiff/score.py",
+      "return onp.geomspace(sigma_max, sigma_min, n)",
+      "return onp.linspace(sigma_max, sigma_min, n)", ("tests/test_score.py",)),
+    # chapter 2 and the spine: conversions
+    M("targets.score_from_eps_sign", "minidiff/targets.py",
+      'return -eps / per_sample(sigma, eps, "sigma", positive=True)',
+      'return eps / per_sample(sigma, eps, "sigma", positive=True)',
+      ("tests/test_targets.py", "tests/test_dsm.py")),
+    M("targets.eps_from_score_sign", "minidiff/targets.py",
+      'return -per_sample(sigma, score, "sigma", positive=True) * score',
+      'return per_sample(sigma, score, "sigma", positive=True) * score',
+      ("tests/test_targets.py",)),
+    M("targets.tweedie_sigma_not_squared", "minidiff/targets.py",
+      "return (xt + s * s * score) / per_sample(alpha, xt, \"alpha\", positive=True)",
+      "return (xt + s * score) / per_sample(alpha, xt, \"alpha\", positive=True)",
+      ("tests/test_targets.py",)),
+    M("targets.min_snr_max", "minidiff/targets.py",
+      "return onp.minimum(snr, gamma) / x0_error_factor(",
+      "return onp.maximum(snr, gamma) / x0_error_factor(", ("tests/test_targets.py",)),
+    M("targets.edm_c_skip", "minidiff/targets.py",
+      "return (sigma_data**2 / total, sigma * sigma_data / onp.sqrt(total)",
+      "return (sigma_data / total, sigma * sigma_data / onp.sqrt(total)",
+      ("tests/test_targets.py",)),
+    M("targets.edm_p_std_ignored", "minidiff/targets.py",
+      "return onp.exp(p_mean + p_std * rng.standard_normal(n))",
+      "return onp.exp(p_mean + rng.standard_normal(n))", ("tests/test_targets.py",)),
+    # paths
+    M("process.ve_sigma_reversed", "minidiff/process.py",
+      "return self.sigma_min * (self.sigma_max / self.sigma_min) ** _times(t)",
+      "return self.sigma_max * (self.sigma_min / self.sigma_max) ** _times(t)",
+      ("tests/test_sde.py", "tests/test_process.py")),
+    M("process.t_from_ratio_linear_in_ratio", "minidiff/process.py",
+      "return onp.interp(onp.log(r), log_ratios, onp.arange(self.T, dtype=onp.float64))",
+      "return onp.interp(r, self.ratios, onp.arange(self.T, dtype=onp.float64))",
+      ("tests/test_process.py",)),
+    # chapter 3: DDPM
+    M("ddpm.cosine_offset", "minidiff/ddpm.py",
+      "f = lambda t: onp.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2",
+      "f = lambda t: onp.cos((t / T + s) / (1 - s) * math.pi / 2) ** 2", ("tests/test_ddpm.py",)),
+    M("ddpm.posterior_beta_off_by_one", "minidiff/ddpm.py",
+      "ab, ab_prev, b = sched.alpha_bar[i], sched.alpha_bar_prev[i], sched.betas[i]",
+      "ab, ab_prev, b = sched.alpha_bar[i], sched.alpha_bar_prev[i], sched.betas[i - 1]",
+      ("tests/test_ddpm.py",)),
+    M("ddpm.p_mean_sqrt_dropped", "minidiff/ddpm.py",
+      "return (xt - b / np.sqrt(1.0 - ab) * eps_hat) / np.sqrt(1.0 - b)",
+      "return (xt - b / (1.0 - ab) * eps_hat) / np.sqrt(1.0 - b)", ("tests/test_ddpm.py",)),
+    M("ddpm.vlb_l0_variance_doubled", "minidiff/ddpm.py",
+      "b = sched.betas[0]", "b = 2 * sched.betas[0]", ("tests/test_ddpm.py",)),
+    M("ddpm.vlb_prior_variance_1_2", "minidiff/ddpm.py",
+      "(1 - ab_T) * ones, 0 * x0, ones)", "(1 - ab_T) * ones, 0 * x0, 1.2 * ones)",
+      ("tests/test_ddpm.py",)),
+    M("ddpm.ancestral_variance_1_3_beta", "minidiff/ddpm.py",
+      "        return sched.betas\n", "        return 1.3 * sched.betas\n",
+      ("tests/test_ddpm.py",)),
+    M("ddpm.ddim_eta_noise_ignored", "minidiff/ddpm.py",
+      "x = a_j * x0_hat + math.sqrt(max(s_j * s_j - s * s, 0.0)) * eps",
+      "x = a_j * x0_hat + s_j * eps", ("tests/test_ddpm.py",)),
+    # chapter 4: score SDEs
+    M("sde.corrector_alpha_inverted", "minidiff/sde.py",
+      "a = float(path.alpha(t) / path.alpha(t_prev)) ** 2",
+      "a = float(path.alpha(t_prev) / path.alpha(t)) ** 2", ("tests/test_sde.py",)),
+    M("sde.corrector_alpha_fourth_power", "minidiff/sde.py",
+      "a = float(path.alpha(t) / path.alpha(t_prev)) ** 2",
+      "a = float(path.alpha(t) / path.alpha(t_prev)) ** 4", ("tests/test_sde.py",)),
+    M("sde.corrector_step_four_times", "minidiff/sde.py",
+      "e = 2.0 * a * (snr * z_norm / s_norm) ** 2", "e = 8.0 * a * (snr * z_norm / s_norm) ** 2",
+      ("tests/test_sde.py",)),
+    # chapter 5: samplers
+    M("samplers.dpm_solver_r_inverted", "minidiff/samplers.py",
+      "r = math.log(sigmas[k - 1] / s) / h", "r = h / math.log(sigmas[k - 1] / s)",
+      ("tests/test_samplers.py",)),
+    M("samplers.ancestral_sigma_up", "minidiff/samplers.py",
+      "up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))",
+      "up = min(s_next, eta * math.sqrt(s**2 - s_next**2))", ("tests/test_samplers.py",)),
+    M("samplers.heun_trapezoid_weight", "minidiff/samplers.py",
+      "x_next = x + (s_next - s_hat) * 0.5 * (d + _d(denoiser, x_next, s_next))",
+      "x_next = x + (s_next - s_hat) * 0.6 * (d + _d(denoiser, x_next, s_next))",
+      ("tests/test_samplers.py",)),
+    # chapter 6: the primitives
+    M("conv_fast.weight_grad_taps_swapped", "minidiff/nn/conv_fast.py",
+      "onp.matmul(xf[off:off + size].T, gf, out=dw[i, j])",
+      "onp.matmul(xf[off:off + size].T, gf, out=dw[j, i])", ("tests/test_conv.py",)),
+    M("conv.reference_kernel_not_flipped", "minidiff/nn/conv.py",
+      "w_t = onp.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))",
+      "w_t = onp.ascontiguousarray(w[:, :, ::-1, :].transpose(1, 0, 2, 3))",
+      ("tests/test_conv.py",)),
+    M("conv.group_norm_scale_grad", "minidiff/nn/conv.py",
+      'da[sl] = onp.einsum("ksc,ksc->kc", gz, xhat)', 'da[sl] = onp.einsum("ksc->kc", gz)',
+      ("tests/test_conv.py",)),
+    M("attention.key_grad_unscaled", "minidiff/nn/attention.py",
+      "out[1] = (_t(ds) @ q) * scale", "out[1] = _t(ds) @ q", ("tests/test_conv.py",)),
+    M("layers.modulated_ln_shift_grad", "minidiff/nn/layers.py",
+      "out.append(reduce_to(g, shift))", "out.append(reduce_to(2 * g, shift))",
+      ("tests/test_nn.py",)),
+    # chapter 7: guidance
+    M("guidance.cfg_from_the_conditional", "minidiff/guidance.py",
+      "return eps_u + guidance * (eps_c - eps_u)", "return eps_c + guidance * (eps_c - eps_u)",
+      ("tests/test_guidance.py",)),
+]
+
+
+def check(mutation, root=ROOT):
+    """The mutated text of ``mutation.file``; ``ValueError`` unless ``old`` occurs exactly once."""
+    text = (root / mutation.file).read_text()
+    count = text.count(mutation.old)
+    if count != 1:
+        raise ValueError(f"mutation {mutation.name}: its line occurs {count} times in "
+                         f"{mutation.file} (expected once): update the list in "
+                         "minidiff/tools/mutations.py")
+    return text.replace(mutation.old, mutation.new)
+
+
+def _pytest(where, args, env):
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not slow", "-p", "no:cacheprovider",
+           "--ignore=tests/test_notebooks.py", *args]
+    return subprocess.run(cmd, cwd=where, env=env, capture_output=True, text=True).returncode
+
+
+def run(mutations, root=ROOT, out=print):
+    """Apply each mutation in a temporary copy and run the tests; returns the survivors. The
+    copy is imported ahead of the installed package (``PYTHONPATH``), and is first checked to
+    pass its tests unmutated."""
+    survivors = []
+    with tempfile.TemporaryDirectory(prefix="minidiff-mutations-") as tmp:
+        tmp = Path(tmp)
+        for part in ("minidiff", "tests"):
+            shutil.copytree(root / part, tmp / part, ignore=shutil.ignore_patterns("__pycache__"))
+        for part in ("pyproject.toml", "data"):
+            (tmp / part).symlink_to(root / part)  # read only: the data are never mutated
+        env = dict(os.environ, PYTHONPATH=str(tmp), MINIDIFF_FAST="1")
+        # the copy must pass unmutated, or every mutation would look "caught"
+        baseline = sorted({t for m in mutations for t in m.tests})
+        if _pytest(tmp, baseline, env) != 0:
+            raise RuntimeError(f"the unmutated copy fails {baseline}: fix the tests first")
+        for m in mutations:
+            original = (tmp / m.file).read_text()
+            (tmp / m.file).write_text(check(m, root))
+            t0 = time.perf_counter()
+            try:
+                caught = _pytest(tmp, list(m.tests), env) != 0 or _pytest(tmp, ["tests"], env) != 0
+            finally:
+                (tmp / m.file).write_text(original)
+            out(f"{'caught  ' if caught else 'SURVIVED'} {m.name:42s} "
+                f"{time.perf_counter() - t0:5.0f} s")
+            if not caught:
+                survivors.append(m)
+    return survivors
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minidiff.tools.mutations",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", help="run only these mutations (by name)")
+    parser.add_argument("--list", action="store_true", help="print the list and stop")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    if args.only and len(chosen) != len(args.only):
+        known = {m.name for m in MUTATIONS}
+        parser.error(f"unknown mutations: {sorted(set(args.only) - known)}")
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:42s} {m.file}: {m.old.strip()!r} -> {m.new.strip()!r}")
+        return 0
+    survivors = run(chosen)
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutations caught"
+          + ("" if not survivors else "; surviving: " + ", ".join(m.name for m in survivors)))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
