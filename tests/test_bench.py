@@ -27,27 +27,36 @@ def test_torch_twin_has_the_same_architecture():
     assert sum(p.numel() for p in twin.parameters()) == numpy_params
 
 
+def _random_params(arch, cfg, rng):
+    # Random weights everywhere: the zero-initialised output layers and gates would hide the
+    # blocks behind them.
+    return nn.tree_map(lambda a: (0.1 * rng.standard_normal(a.shape)).astype(np.float32),
+                       arch.init(rng, cfg))
+
+
+def _same_function(ours, twin, rng, torch):
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    t, y = np.array([1.0, 500.0, 999.0], np.float32), np.array([0, 7, 10])
+    with torch.no_grad():
+        theirs = twin(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
+    mine = ours(x, t, y)
+    # float32 through the whole network: agreement to a few ulps of the output scale
+    np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4 * np.abs(mine).max())
+
+
 def test_torch_unet_twin_computes_the_same_function():
     torch = pytest.importorskip("torch")
     from minidiff.tools.torch_twins import TorchUNet
 
-    rng = np.random.default_rng(0)
-    cfg = unet.UNetConfig()
-    # Random weights everywhere (the zero-initialised output convolutions would hide the blocks).
-    params = nn.tree_map(lambda a: (0.1 * rng.standard_normal(a.shape)).astype(np.float32),
-                         unet.init(rng, cfg))
+    rng, cfg = np.random.default_rng(0), unet.UNetConfig()
+    params = _random_params(unet, cfg, rng)
     for blk in params["down"] + params["up"] + [params["mid"]]:  # GroupNorm scales near 1
         for p in (v for v in blk.values() if isinstance(v, dict)):
             for norm in (p.get(k) for k in ("norm1", "norm2", "norm")):
                 if norm is not None:
                     norm["gamma"] = norm["gamma"] + np.float32(1.0)
     twin = TorchUNet().from_numpy(params)
-    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
-    t, y = np.array([1.0, 500.0, 999.0], np.float32), np.array([0, 7, 10])
-    ours = unet.apply(params, x, t, y, cfg)
-    with torch.no_grad():
-        theirs = twin(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
+    _same_function(lambda x, t, y: unet.apply(params, x, t, y, cfg), twin, rng, torch)
 
 
 def test_export_writes_a_loadable_twin_of_a_model_file(tmp_path):
@@ -78,21 +87,12 @@ def test_torch_dit_twin_computes_the_same_function():
     torch = pytest.importorskip("torch")
     from minidiff.tools.torch_twins import TorchDiT
 
-    rng = np.random.default_rng(0)
-    cfg = dit.DiTConfig()
-    # Random weights everywhere (the zero-initialised gates would hide the blocks).
-    params = nn.tree_map(lambda a: (0.1 * rng.standard_normal(a.shape)).astype(np.float32),
-                         dit.init(rng, cfg))
+    rng, cfg = np.random.default_rng(0), dit.DiTConfig()
+    params = _random_params(dit, cfg, rng)
     pos = dit.sincos_2d(cfg.width, cfg.resolution // cfg.patch).astype(np.float32)
     twin = TorchDiT().from_numpy(params, pos)
     assert sum(p.numel() for p in twin.parameters()) == nn.tree_size(params)
-    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
-    t, y = np.array([1.0, 500.0, 999.0], np.float32), np.array([0, 7, 10])
-    ours = dit.apply(params, x, t, y, cfg)
-    with torch.no_grad():
-        theirs = twin(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
-    # float32 through four blocks: agreement to a few ulps of the output scale
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
+    _same_function(lambda x, t, y: dit.apply(params, x, t, y, cfg), twin, rng, torch)
 
 
 def test_interleaved_comparison_runs_its_step_servers():

@@ -40,7 +40,7 @@ import numpy as onp
 from .tree import tree_leaves, tree_map, tree_structure
 
 # OpenBLAS, OpenMP and MKL read these once, when the library loads: a worker must start with
-# them set, so the parent sets them while it spawns its workers (``_one_thread_env``).
+# them set, so the parent sets them while it spawns its workers (``temporary_environ``).
 _ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -102,28 +102,33 @@ def _peak_kb():
 
 
 @contextlib.contextmanager
-def _one_thread_env():
-    """Set ``_ONE_THREAD`` in this process's environment while workers are spawned (a spawned
-    process inherits the environment of the moment it starts), then restore it."""
-    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
-    os.environ.update(_ONE_THREAD)
+def temporary_environ(changes):
+    """Set the environment variables in ``changes`` (``None`` removes one) for the duration of a
+    block, then restore them: a spawned process (or a notebook kernel) inherits the environment
+    of the moment it starts, so this is how a parent hands a child its settings."""
+    saved = {k: os.environ.get(k) for k in changes}
     try:
+        _set_environ(changes)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(saved)
+
+
+def _set_environ(values):
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _pool(workers, initializer=None, initargs=(), ping=os.getpid):
     """A pool of ``workers`` spawned one-thread processes, all started now (each ``submit`` with
-    no idle worker starts one, so ``workers`` pings start them inside ``_one_thread_env``)."""
+    no idle worker starts one, so ``workers`` pings start them inside ``temporary_environ``)."""
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
         initargs=initargs)
-    with _one_thread_env():
+    with temporary_environ(_ONE_THREAD):
         pings = [pool.submit(ping) for _ in range(workers)]
     try:
         for f in pings:

@@ -8,7 +8,6 @@ notebooks/01_*.py`` rebuilds and re-executes in full mode (``MINIDIFF_FAST`` uns
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import jupytext
 import nbformat
 from nbclient import NotebookClient
+
+from minidiff.nn.parallel import temporary_environ
 
 
 def read_source(py_path):
@@ -35,22 +36,12 @@ def execute(nb, cwd, fast, timeout=600):
     The kernel inherits this process's environment at launch, so ``MINIDIFF_FAST`` is set (or
     removed) around the run and restored afterwards.
     """
-    saved = {k: os.environ.get(k) for k in ("MINIDIFF_FAST", "MPLBACKEND")}
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    if fast:
-        os.environ["MINIDIFF_FAST"] = "1"
-    else:
-        os.environ.pop("MINIDIFF_FAST", None)
-    try:
+    env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           "MINIDIFF_FAST": "1" if fast else None}
+    with temporary_environ(env):
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(cwd)}})
         return client.execute()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def sync_sources(nb, committed):
