@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: demo test test-slow notebooks lab lint bench mutations clean
+.PHONY: demo test test-slow notebooks lab lint bench mutations student grade course-check clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "minidiff needs Python 3.11+"'
@@ -50,9 +50,22 @@ bench: $(STAMP)
 mutations: $(STAMP)
 	$(BIN)/python -m minidiff.tools.mutations
 
+## student: a student copy in student/ with chapter CH's exercises blanked (CH=all for all)
+CH ?= all
+student: $(STAMP)
+	$(BIN)/python -m minidiff.tools.course build --chapters $(CH) --out student
+
+## grade: chapter CH's tests in the student copy, one line per exercise (hidden tests added)
+grade: $(STAMP)
+	$(BIN)/python -m minidiff.tools.course grade student --chapter $(CH) --hidden tests/instructor
+
+## course-check: every chapter's exercises fail when blank and pass when solved
+course-check: $(STAMP)
+	$(BIN)/python -m minidiff.tools.course check
+
 ## lint: ruff over the package, the tests and the notebooks' sources
 lint: $(STAMP)
 	$(BIN)/ruff check minidiff tests notebooks/*.py data/make_mnist.py
 
 clean:
-	rm -rf out .pytest_cache .hypothesis .ruff_cache
+	rm -rf out student .pytest_cache .hypothesis .ruff_cache

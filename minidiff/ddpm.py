@@ -44,10 +44,13 @@ def cosine_betas(T=1000, s=0.008, max_beta=0.999):
     ``f(t) = cos²((t/T + s) / (1 + s) * pi/2)``, and ``beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}``
     clipped at ``max_beta = 0.999`` "to prevent singularities at the end of the diffusion
     process near t = T" (their sec. 3.2). The clip changes only the last few steps."""
+    # BEGIN EXERCISE 3.1: the cosine schedule (Nichol & Dhariwal 2021, eq. (17)) with its beta clip;
+    #   notebook 03, section 1
     f = lambda t: onp.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
     t = onp.arange(T + 1, dtype=onp.float64)
     alpha_bar = f(t) / f(0.0)
     return onp.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], max_beta)
+    # END EXERCISE
 
 
 SCHEDULES = {"linear": linear_betas, "scaled_linear": scaled_linear_betas, "cosine": cosine_betas}
@@ -133,10 +136,13 @@ def q_posterior(sched, x0, xt, i):
             + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t``.
     Returns ``(mean, variance)``; the variance is per sample, shaped to broadcast."""
     i = _step(sched, i)
+    # BEGIN EXERCISE 3.2: the forward posterior q(x_{t-1} | x_t, x0) (Ho et al. 2020, eqs. (6)-(7));
+    #   notebook 03, section 3
     ab, ab_prev, b = sched.alpha_bar[i], sched.alpha_bar_prev[i], sched.betas[i]
     c0 = per_sample(onp.sqrt(ab_prev) * b / (1 - ab), xt, "coefficient")
     ct = per_sample(onp.sqrt(1 - b) * (1 - ab_prev) / (1 - ab), xt, "coefficient")
     return c0 * x0 + ct * xt, per_sample(sched.beta_tilde[i], xt, "beta_tilde")
+    # END EXERCISE
 
 
 def p_mean(sched, xt, i, eps_hat):
@@ -145,9 +151,12 @@ def p_mean(sched, xt, i, eps_hat):
     posterior mean ``mu~(x0_hat, x_t)`` at ``x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) /
     sqrt(alpha_bar_t)`` (tests/test_ddpm.py checks the identity)."""
     i = _step(sched, i)
+    # BEGIN EXERCISE 3.3: the reverse mean from a noise prediction (Ho et al. 2020, eq. (11));
+    #   notebook 03, section 3
     b = per_sample(sched.betas[i], xt, "beta")
     ab = per_sample(sched.alpha_bar[i], xt, "alpha_bar")
     return (xt - b / np.sqrt(1.0 - ab) * eps_hat) / np.sqrt(1.0 - b)
+    # END EXERCISE
 
 
 # ----------------------------------------------------------------------------- 3. objectives
@@ -241,8 +250,11 @@ def ancestral_sample(eps_fn, sched, x, rng, variance="beta", return_path=False):
                         "ancestral sampling adds noise at every step")
     path = [x] if return_path else None
     for i in reversed(range(sched.T)):
+        # BEGIN EXERCISE 3.4: one step of ancestral sampling (Ho et al. 2020, Algorithm 2); notebook
+        #   03, section 5
         mu = p_mean(sched, x, i, eps_fn(x, i))
         x = mu + math.sqrt(var[i]) * rng.standard_normal(x.shape) if i > 0 else mu
+        # END EXERCISE
         if return_path:
             path.append(x)
     return onp.stack(path) if return_path else x

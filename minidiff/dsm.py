@@ -36,12 +36,15 @@ def explicit_score_matching(score, x):
     ``score: (N, D) -> (N, D)`` must treat rows independently; ``x: (N, D)`` samples of ``p``.
     Differentiable with respect to whatever ``score`` closes over (autograd nests).
     """
+    # BEGIN EXERCISE 2.1: explicit score matching: trace of the score's Jacobian plus half its
+    #   squared norm (Hyvarinen 2005, eq. (4)); notebook 02, section 1
     s = score(x)
     trace = 0.0
     for i in range(x.shape[1]):
         # Row n of this gradient is grad_x s_i(x_n), since rows do not interact; keep entry i.
         trace = trace + elementwise_grad(lambda y, i=i: np.sum(score(y)[:, i]))(x)[:, i]
     return mean(trace + 0.5 * np.sum(s**2, axis=1))
+    # END EXERCISE
 
 
 def sliced_score_matching(score, x, v, variance_reduced=True):
@@ -52,9 +55,12 @@ def sliced_score_matching(score, x, v, variance_reduced=True):
     ``v^T (grad_x s) v = v^T grad_x (v^T s)``: one backward pass.
     """
     s = score(x)
+    # BEGIN EXERCISE 2.2: sliced score matching with a vector-Jacobian product (Song et al. 2019,
+    #   eq. (8)); notebook 02, section 2
     jvp = grad(lambda y: np.sum(v * score(y)))(x)  # (N, D): row n = grad_x (v_n^T s(x_n))
     second = 0.5 * np.sum(s**2, axis=1) if variance_reduced else 0.5 * np.sum(v * s, axis=1) ** 2
     return mean(np.sum(v * jvp, axis=1) + second)
+    # END EXERCISE
 
 
 def denoising_score_matching(score, x0, sigma, eps, weight=None):
@@ -67,9 +73,12 @@ def denoising_score_matching(score, x0, sigma, eps, weight=None):
     2019, eq. (6)), which makes every level's term of order one.
     """
     sig = per_sample(sigma, x0, "sigma", positive=True)
+    # BEGIN EXERCISE 2.3: denoising score matching: the residual against the kernel's score (Vincent
+    #   2011, eq. (8)); notebook 02, section 3
     x_noisy = x0 + sig * eps
     resid = score(x_noisy, sigma) - score_from_eps(eps, sigma)  # the kernel score, -eps/sigma
     per_point = np.sum(np.reshape(resid**2, (resid.shape[0], -1)), axis=1)  # (N,)
+    # END EXERCISE
     lam = sigma**2 if weight is None else weight
     return 0.5 * mean(lam * per_point)
 

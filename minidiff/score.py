@@ -61,7 +61,10 @@ def langevin(score, x, step_size, n_steps, rng, return_path=False):
     path = [x] if return_path else None
     noise_scale = float(onp.sqrt(step_size))
     for _ in range(int(n_steps)):
+        # BEGIN EXERCISE 1.1: one unadjusted Langevin step (Welling & Teh 2011; Song & Ermon 2019,
+        #   eq. (2)); notebook 01, section 2
         x = x + (0.5 * step_size) * score(x) + noise_scale * rng.standard_normal(x.shape)
+        # END EXERCISE
         if return_path:
             path.append(x)
     return onp.stack(path) if return_path else x
@@ -78,8 +81,11 @@ def ula_stationary_cov(cov, step_size):
     """
     cov = onp.atleast_2d(onp.asarray(cov, dtype=onp.float64))
     _check_positive(step_size, "step_size", "the Langevin step eps")
+    # BEGIN EXERCISE 1.2: the stationary covariance of Langevin on a Gaussian (a discrete Lyapunov
+    #   equation); notebook 01, section 2
     a = onp.eye(cov.shape[0]) - 0.5 * step_size * onp.linalg.inv(cov)
     return scipy.linalg.solve_discrete_lyapunov(a, step_size * onp.eye(cov.shape[0]))
+    # END EXERCISE
 
 
 def geometric_sigmas(sigma_max, sigma_min, n):
@@ -116,7 +122,10 @@ def annealed_langevin(score, sigmas, x, rng, step_lr=2e-5, n_steps_each=100, ret
     _check_positive(step_lr, "step_lr", "the step at the smallest noise level")
     path = [x] if return_path else None
     for sigma in sigmas:
+        # BEGIN EXERCISE 1.3: annealed Langevin: the step size at each noise level (Song & Ermon
+        #   2019, Algorithm 1); notebook 01, section 4
         alpha = step_lr * (sigma / sigmas[-1]) ** 2
+        # END EXERCISE
         noise_scale = float(onp.sqrt(alpha))
         for _ in range(int(n_steps_each)):
             x = x + (0.5 * alpha) * score(x, sigma) + noise_scale * rng.standard_normal(x.shape)

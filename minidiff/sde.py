@@ -38,7 +38,10 @@ def _check_grid(t_start, t_end, steps):
 
 def reverse_drift(score, path, x, t):
     """``f(t) x - g(t)² score(x, t)``: the reverse-time SDE's drift (Song et al. 2021, eq. (6))."""
+    # BEGIN EXERCISE 4.1: the reverse-time SDE's drift (Song et al. 2021, eq. (6)); notebook 04,
+    #   section 2
     return path.f(t) * x - path.g2(t) * score(x, t)
+    # END EXERCISE
 
 
 def euler_maruyama(score, path, x, rng, steps=500, t_start=1.0, t_end=1e-3, denoise=True,
@@ -78,7 +81,10 @@ def langevin_corrector(score, path, x, t, t_prev, rng, snr=0.16, n_steps=1):
         n = x.shape[0]
         s_norm = onp.linalg.norm(s.reshape(n, -1), axis=1).mean()
         z_norm = onp.linalg.norm(z.reshape(n, -1), axis=1).mean()
+        # BEGIN EXERCISE 4.3: the Langevin corrector's step size from a target SNR (Song et al.
+        #   2021, Algorithm 5); notebook 04, section 3
         e = 2.0 * a * (snr * z_norm / s_norm) ** 2
+        # END EXERCISE
         x = x + e * s + math.sqrt(2.0 * e) * z
     return x
 
@@ -99,7 +105,10 @@ def predictor_corrector(score, path, x, rng, steps=500, snr=0.16, n_corrector=1,
 
 def pf_ode_drift(score, path):
     """``h(x, t) = f(t) x - ½ g(t)² score(x, t)`` (Song et al. 2021, eq. (13))."""
+    # BEGIN EXERCISE 4.2: the probability-flow ODE's drift (Song et al. 2021, eq. (13)); notebook
+    #   04, section 2
     return lambda x, t: path.f(t) * x - 0.5 * path.g2(t) * score(x, t)
+    # END EXERCISE
 
 
 def heun(drift, x, ts, return_path=False):
@@ -147,8 +156,11 @@ def hutchinson_divergence(fn, probes):
     def div(x, t):
         total = 0.0
         for v in probes:
+            # BEGIN EXERCISE 4.4: Hutchinson's divergence estimator with vector-Jacobian products
+            #   (Hutchinson 1989); notebook 04, section 4
             vjp, _ = autograd.make_vjp(lambda y: fn(y, t))(x)
             total = total + onp.sum((vjp(v) * v).reshape(x.shape[0], -1), axis=1)
+            # END EXERCISE
         return total / len(probes)
     return div
 

@@ -88,7 +88,10 @@ def x0_from_score(score, xt, alpha, sigma):
     for ``alpha = 1``: ``E[x0 | y] = y + sigma² grad log p(y)``; here for the scaled path, since
     ``x_t / alpha = x0 + (sigma / alpha) eps``)."""
     s = per_sample(sigma, xt, "sigma", positive=True)
+    # BEGIN EXERCISE 2.4: Tweedie's formula: the posterior mean from the score (Efron 2011, sec. 2);
+    #   notebook 02, section 4
     return (xt + s * s * score) / per_sample(alpha, xt, "alpha", positive=True)
+    # END EXERCISE
 
 
 # ----------------------------------------------------------------------------- v <-> eps
@@ -232,8 +235,11 @@ def min_snr_weight(kind, alpha, sigma, gamma=5.0, dalpha=None, dsigma=None):
     weighted losses are one and the same objective."""
     if not gamma > 0:  # refuses NaN too; gamma = inf is no cap: the weight of the plain loss
         raise ValueError(f"`gamma` must be positive (got {gamma}): it caps the SNR")
+    # BEGIN EXERCISE 5.2: the Min-SNR-gamma weight in a target's own frame (Hang et al. 2023, eq.
+    #   (9)); notebook 05, section 1
     snr = (onp.asarray(alpha, dtype=float) / onp.asarray(sigma, dtype=float)) ** 2
     return onp.minimum(snr, gamma) / x0_error_factor(kind, alpha, sigma, dalpha, dsigma)
+    # END EXERCISE
 
 
 def prediction_loss(net, kind, weighting=None, gamma=5.0):
@@ -264,9 +270,12 @@ def edm_precond(sigma, sigma_data=0.5):
     ``c_in = 1 / sqrt(sigma² + sd²)``, ``c_noise = ln(sigma) / 4``. Returns the four as arrays."""
     sigma = check_positive(sigma, "sigma", why=": it is a noise level")
     check_positive(sigma_data, "sigma_data", why=": it is the data's standard deviation")
+    # BEGIN EXERCISE 5.1: EDM's preconditioning c_skip, c_out, c_in, c_noise (Karras et al. 2022,
+    #   table 1); notebook 05, section 2
     total = sigma**2 + sigma_data**2
     return (sigma_data**2 / total, sigma * sigma_data / onp.sqrt(total), 1.0 / onp.sqrt(total),
             0.25 * onp.log(sigma))
+    # END EXERCISE
 
 
 def edm_denoiser(net, sigma_data=0.5):

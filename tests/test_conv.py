@@ -10,6 +10,8 @@ from scipy.signal import correlate
 
 from minidiff.nn import attention, conv, conv_fast
 
+pytestmark = pytest.mark.ch6
+
 # Stride 1 stores the padding once between rows and images (conv_fast.shifted_layout); the cases
 # cover the usual "same" convolution, padding wider than half the kernel (1x1 with padding 1,
 # 3x3 with padding 3: the output is taller than the shared grid row), even and 5x5 kernels.
@@ -18,6 +20,7 @@ CASES = [(1, 0, 3), (1, 1, 3), (2, 1, 3), (2, 0, 3), (1, 0, 1), (2, 1, 4), (1, 1
 
 
 @pytest.mark.parametrize("stride,padding,k", CASES)
+@pytest.mark.exercise("6.1", "6.2")
 def test_conv2d_equals_scipy_correlate(stride, padding, k, rng):
     x, w, b = rng.normal(size=(2, 3, 9, 8)), rng.normal(size=(4, 3, k, k)), rng.normal(size=4)
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
@@ -28,7 +31,10 @@ def test_conv2d_equals_scipy_correlate(stride, padding, k, rng):
     np.testing.assert_allclose(conv.conv2d_reference(x, w, b, stride, padding), ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("conv2d", [conv.conv2d, conv.conv2d_reference], ids=["fast", "reference"])
+@pytest.mark.parametrize("conv2d", [
+    pytest.param(conv.conv2d, id="fast"),
+    pytest.param(conv.conv2d_reference, id="reference",
+                 marks=pytest.mark.exercise("6.1", "6.2", "6.3"))])
 @pytest.mark.parametrize("stride,padding,k", CASES)
 def test_conv2d_gradients(conv2d, stride, padding, k, rng):
     # every differentiable argument (argnum=(0, 1, 2)): input, weight and bias
@@ -41,6 +47,7 @@ def test_conv2d_gradients(conv2d, stride, padding, k, rng):
 @given(n=st.integers(1, 3), c=st.integers(1, 4), o=st.integers(1, 4), h=st.integers(1, 9),
        w=st.integers(1, 9), k=st.integers(1, 5), stride=st.integers(1, 3),
        padding=st.integers(0, 3), seed=st.integers(0, 2**31))
+@pytest.mark.exercise("6.1", "6.2", "6.3")
 def test_the_fast_convolution_agrees_with_the_reference(n, c, o, h, w, k, stride, padding, seed):
     # nn/conv_fast.py is the im2col + GEMM of conv2d_reference laid out for speed: on random
     # shapes, strides and paddings (float64) the values and all three gradients must agree.

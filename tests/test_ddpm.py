@@ -7,6 +7,8 @@ from scipy.stats import ks_2samp
 from minidiff import datasets, ddpm, process, train
 from minidiff.models import mlp
 
+pytestmark = pytest.mark.ch3
+
 
 @pytest.fixture(scope="module")
 def mixture():
@@ -34,7 +36,8 @@ def ks_pvalues(x, y):
 ALPHA = 1e-3
 
 
-@pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine"])
+@pytest.mark.parametrize("name", ["linear", "scaled_linear",
+                                  pytest.param("cosine", marks=pytest.mark.exercise("3.1"))])
 def test_alpha_bar_is_strictly_decreasing_in_0_1(name):
     s = ddpm.schedule(name)
     assert np.all(np.diff(s.alpha_bar) < 0) and 0 < s.alpha_bar[-1] and s.alpha_bar[0] <= 1
@@ -53,6 +56,7 @@ def test_scaled_linear_is_linear_in_sqrt_beta():
     np.testing.assert_allclose(s.betas[[0, -1]], [0.00085, 0.012])
 
 
+@pytest.mark.exercise("3.1")
 def test_cosine_schedule_matches_nichol_dhariwal_eq17_within_its_clip():
     s, T, eps = ddpm.schedule("cosine"), 1000, 0.008
     f = lambda t: np.cos((t / T + eps) / (1 + eps) * np.pi / 2) ** 2
@@ -83,6 +87,7 @@ def test_one_shot_marginal_equals_iterating_the_chain(mixture, sched, rng):
                   < 4 * np.sqrt(np.diag(c) / n))
 
 
+@pytest.mark.exercise("3.2")
 def test_posterior_matches_brute_force_bayes_on_a_grid(sched):
     # q(x_{t-1} | x_t, x0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x0), in 1D on a fine grid.
     for i in [1, 10, 500, 999]:
@@ -99,6 +104,7 @@ def test_posterior_matches_brute_force_bayes_on_a_grid(sched):
         np.testing.assert_allclose(v, var, rtol=1e-4)
 
 
+@pytest.mark.exercise("3.2", "3.3")
 def test_p_mean_eq11_is_the_posterior_mean_at_the_predicted_x0(sched, rng):
     xt, eps_hat = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
     for i in [0, 3, 700]:
@@ -108,6 +114,7 @@ def test_p_mean_eq11_is_the_posterior_mean_at_the_predicted_x0(sched, rng):
                                    ddpm.q_posterior(sched, x0_hat, xt, i)[0], rtol=1e-10)
 
 
+@pytest.mark.exercise("3.2", "3.3")
 def test_variational_bound_is_above_the_true_nll(mixture, sched, rng):
     # With the exact noise prediction the bound must still hold: E[L_vlb] >= E[-log p(x0)].
     x0 = mixture.sample(1000, rng)
@@ -128,6 +135,7 @@ def _gaussian_posterior_mean(sched, i, x0_hat, xt):
             + np.sqrt(1 - b) * (1 - ab_prev) / (1 - ab) * xt)
 
 
+@pytest.mark.exercise("3.2", "3.3")
 def test_every_term_of_the_bound_matches_its_closed_form_on_gaussian_data():
     # x0 ~ N(0, v I): the exact noise prediction is E[eps | x_t] = sigma x_t / (alpha² v + sigma²),
     # and every term of Ho et al. 2020, eq. (5) is closed form given the draws of x_t, which are
@@ -159,6 +167,7 @@ def test_every_term_of_the_bound_matches_its_closed_form_on_gaussian_data():
 
 
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
+@pytest.mark.exercise("3.3", "3.4")
 def test_ancestral_sampling_has_the_reverse_chains_variance_at_every_step(sched, variance):
     # Gaussian data x0 ~ N(0, v): with the exact eps the reverse mean is linear, mu = c_t x_t, so
     # from x_T ~ N(0, 1) the variance follows V_{t-1} = c_t² V_t + sigma_t² exactly (no noise at
@@ -188,6 +197,7 @@ def test_ancestral_sampling_has_the_reverse_chains_variance_at_every_step(sched,
 
 
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
+@pytest.mark.exercise("3.3", "3.4")
 def test_ancestral_sampling_with_the_exact_eps_reproduces_the_mixture(mixture, sched, variance):
     rng = np.random.default_rng(7)
     x = ddpm.ancestral_sample(exact_eps(mixture, sched), sched, rng.standard_normal((2000, 2)),
@@ -213,6 +223,7 @@ def test_ddim_eta_one_is_stochastic_and_correct(mixture, sched):
     assert ks_pvalues(x, mixture.sample(2000, rng)).min() > ALPHA
 
 
+@pytest.mark.exercise("3.3", "3.4")
 def test_ddim_eta_one_with_every_step_is_ancestral_with_beta_tilde(sched, rng):
     # Song et al. 2021, sec. 4.1: eta = 1 over all T steps is DDPM with sigma_t² = beta~_t.
     eps = lambda x, i: np.sin(x + i)  # any deterministic network

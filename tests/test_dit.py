@@ -9,6 +9,8 @@ from autograd.test_util import check_grads
 from minidiff import nn
 from minidiff.models import dit
 
+pytestmark = pytest.mark.ch9
+
 TINY = dit.DiTConfig(resolution=8, patch=2, width=16, depth=2, heads=2, num_classes=3)
 
 
@@ -16,6 +18,7 @@ def _perturbed(params, rng, scale=0.1):
     return nn.tree_map(lambda p: p + scale * rng.standard_normal(p.shape).astype(p.dtype), params)
 
 
+@pytest.mark.exercise("9.1", "9.2")
 def test_unpatchify_inverts_patchify(rng):
     x = rng.normal(size=(2, 3, 12, 12))
     tokens = dit.patchify(x, 4)
@@ -24,6 +27,7 @@ def test_unpatchify_inverts_patchify(rng):
     np.testing.assert_array_equal(tokens[0, 1], x[0, :, 0:4, 4:8].transpose(1, 2, 0).ravel())
 
 
+@pytest.mark.exercise("9.1", "9.2", "9.3", "9.4")
 def test_adaln_zero_blocks_start_as_the_identity_and_the_model_outputs_zeros(rng):
     cfg = dit.DiTConfig()
     params = dit.init(rng, cfg)
@@ -36,7 +40,8 @@ def test_adaln_zero_blocks_start_as_the_identity_and_the_model_outputs_zeros(rng
     assert out.shape == x.shape and np.all(out == 0)
 
 
-@pytest.mark.parametrize("use_pos", [False, True])
+@pytest.mark.parametrize("use_pos", [False, pytest.param(True, marks=pytest.mark.exercise("9.3"))])
+@pytest.mark.exercise("9.1", "9.2", "9.4")
 def test_permutation_equivariance_without_position_embeddings(use_pos, rng):
     # Without position embeddings, permuting the patches permutes the output patches the same
     # way; with them, it does not.
@@ -53,6 +58,7 @@ def test_permutation_equivariance_without_position_embeddings(use_pos, rng):
 
 
 @pytest.mark.parametrize("conditioning", dit.CONDITIONINGS)
+@pytest.mark.exercise("9.1", "9.2", "9.3", "9.4")
 def test_dit_gradients(conditioning, rng):
     cfg = dit.DiTConfig(**{**TINY.to_dict(), "conditioning": conditioning, "depth": 1})
     params = _perturbed(nn.tree_cast(dit.init(rng, cfg), np.float64), rng)
@@ -60,6 +66,7 @@ def test_dit_gradients(conditioning, rng):
     check_grads(lambda p: dit.apply(p, x, t, y, cfg), modes=["rev"], order=1)(params)
 
 
+@pytest.mark.exercise("9.1", "9.2", "9.3", "9.4")
 def test_float32_gradients_stay_float32(rng):
     params = dit.init(rng, TINY)
     x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
@@ -69,6 +76,7 @@ def test_float32_gradients_stay_float32(rng):
 
 
 @pytest.mark.parametrize("conditioning", dit.CONDITIONINGS)
+@pytest.mark.exercise("9.1", "9.2", "9.3", "9.4")
 def test_gflops_formula_matches_an_instrumented_forward_pass(conditioning, monkeypatch, rng):
     cfg = dit.DiTConfig(**{**TINY.to_dict(), "conditioning": conditioning})
     macs = []

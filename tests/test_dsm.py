@@ -9,12 +9,15 @@ from autograd.test_util import check_grads
 from minidiff import datasets, dsm, nn, score, targets, train
 from minidiff.models import mlp
 
+pytestmark = pytest.mark.ch2
+
 
 def _model(rng, hidden=8):
     params = mlp.init(rng, hidden=hidden, depth=1, emb_dim=4, dtype=np.float64)
     return params, lambda p, x: mlp.apply(p, x, 0.0)  # an unconditional score model s(x)
 
 
+@pytest.mark.exercise("2.1")
 def test_explicit_objective_uses_the_exact_jacobian_trace(rng):
     params, s = _model(rng)
     x = rng.normal(size=(7, 2))
@@ -42,6 +45,7 @@ def test_hyvarinen_integration_by_parts(rng):
         assert abs(per_point.mean()) < 4 * per_point.std() / np.sqrt(x.shape[0])
 
 
+@pytest.mark.exercise("2.1", "2.2")
 def test_sliced_objective_is_unbiased_for_the_explicit_one(rng):
     params, s = _model(rng)
     x = np.repeat(rng.normal(size=(50, 2)), 400, axis=0)  # many projections per point
@@ -56,6 +60,7 @@ def test_sliced_objective_is_unbiased_for_the_explicit_one(rng):
                 modes=["rev"], order=1)(params)
 
 
+@pytest.mark.exercise("2.1", "2.3")
 def test_vincent_equivalence_gradients_agree(rng):
     # Vincent 2011: at one noise level, denoising and explicit score matching on p_sigma differ by
     # a constant independent of the model, so their gradients agree up to Monte Carlo error.
@@ -83,6 +88,7 @@ def test_vincent_equivalence_gradients_agree(rng):
     assert np.linalg.norm(g_mean) > 10 * np.linalg.norm(diffs.mean(0))
 
 
+@pytest.mark.exercise("2.3")
 def test_dsm_with_sigma2_weight_is_the_ncsn_objective(rng):
     params = mlp.init(rng, hidden=8, depth=1, emb_dim=4, dtype=np.float64)
     batch = {"x0": rng.normal(size=(6, 2)), "sigma": rng.uniform(0.1, 2, 6),
@@ -92,6 +98,7 @@ def test_dsm_with_sigma2_weight_is_the_ncsn_objective(rng):
                                score.ncsn_loss(mlp.apply)(params, batch), rtol=1e-12)
 
 
+@pytest.mark.exercise("2.4")
 def test_importance_sampling_agrees_with_tweedie_within_its_standard_error(rng):
     gm, alpha, sigma = datasets.gmm8(), 0.9, 0.5
     xt = gm.noised(alpha, sigma).sample(8, rng)
@@ -101,6 +108,7 @@ def test_importance_sampling_agrees_with_tweedie_within_its_standard_error(rng):
     assert np.all(se < 0.02)  # the check has teeth: errors are a small fraction of the spread
 
 
+@pytest.mark.exercise("2.3")
 def test_the_dsm_minimiser_is_the_noised_score():
     # Train by denoising score matching on gmm8; the score error against the closed-form noised
     # score at a moderate sigma falls as training proceeds.
@@ -132,6 +140,7 @@ def test_bad_input_is_named(rng):
         dsm.denoising_score_matching(lambda x, s: x, np.zeros((3, 2)), 0.0, np.zeros((3, 2)))
 
 
+@pytest.mark.exercise("2.3")
 def test_l_simple_is_denoising_score_matching_summed_over_levels_with_alpha_below_one(rng):
     # DDPM's L_simple on x_t = alpha x0 + sigma eps (alpha < 1) is denoising score matching in
     # the sigma frame y = x_t / alpha = x0 + s eps, s = sigma / alpha, with the score

@@ -7,6 +7,8 @@ from conftest import TINY_UNET as TINY  # the tiny U-Net and its `tiny_params` f
 from minidiff import guidance, images
 from minidiff.models import unet
 
+pytestmark = pytest.mark.ch7
+
 
 def test_guidance_combines_conditional_and_unconditional(tiny_params, rng):
     x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)

@@ -7,6 +7,8 @@ import pytest
 from minidiff import datasets, ddpm, dsm, images
 from minidiff.models import ideal
 
+pytestmark = pytest.mark.ch6
+
 CFG = ideal.IdealConfig(resolution=4, num_classes=3)
 SCHED = ddpm.schedule("linear")
 

@@ -220,6 +220,7 @@ def _mln_reference(x, shift, scale, eps=1e-6):
     return (x - mu) / np.sqrt(var + eps) * (1.0 + scale) + shift
 
 
+@pytest.mark.exercise("9.4")
 def test_modulated_layer_norm_matches_the_formula_and_passes_check_grads(rng):
     x = rng.normal(size=(2, 5, 6)) * 2 + 1
     shift, scale = rng.normal(size=(2, 1, 6)), rng.normal(size=(2, 1, 6))

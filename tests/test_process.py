@@ -82,6 +82,7 @@ def _diffusers_sigma_to_t(sigma, log_sigmas):
     return (1 - w) * low + w * (low + 1)
 
 
+@pytest.mark.exercise("5.3")
 def test_discrete_t_from_ratio_interpolates_as_diffusers_on_a_karras_grid():
     from minidiff import samplers
 

@@ -7,6 +7,8 @@ from autograd.test_util import check_grads
 from minidiff import datasets, score, train
 from minidiff.models import mlp
 
+pytestmark = pytest.mark.ch1
+
 
 def test_score_from_log_prob_of_a_gaussian():
     # log N(x; mu, S) = -1/2 (x-mu)^T S^{-1} (x-mu) + const  =>  score = -S^{-1} (x - mu)
@@ -18,11 +20,13 @@ def test_score_from_log_prob_of_a_gaussian():
                                rtol=1e-12)
 
 
+@pytest.mark.exercise("1.2")
 def test_ula_stationary_cov_closed_form_in_1d():
     s2, eps = 2.0, 0.3
     np.testing.assert_allclose(score.ula_stationary_cov([[s2]], eps), [[s2 / (1 - eps / (4 * s2))]])
 
 
+@pytest.mark.exercise("1.1", "1.2")
 def test_langevin_on_a_gaussian_reproduces_its_moments(rng):
     mu, cov = np.array([1.0, -1.0]), np.array([[1.0, 0.5], [0.5, 2.0]])
     gauss = datasets.GaussianMixture([1.0], [mu], [cov])
@@ -40,6 +44,7 @@ def test_langevin_on_a_gaussian_reproduces_its_moments(rng):
     assert np.all(np.abs(np.cov(x.T) - cov) < 5 * se_cov)  # ... so the target itself is matched
 
 
+@pytest.mark.exercise("1.1", "1.2")
 def test_langevin_step_size_bias_is_real(rng):
     # At a large step the chain is measurably too wide, exactly as ula_stationary_cov predicts.
     n, eps = 20_000, 0.5
@@ -50,6 +55,7 @@ def test_langevin_step_size_bias_is_real(rng):
     assert x.var() - 1.0 > 8 * se
 
 
+@pytest.mark.exercise("1.1", "1.3")
 def test_plain_langevin_gets_mode_weights_wrong_and_annealing_fixes_them(rng):
     # Song & Ermon 2019, sec. 3.2.2: p = 0.2 N((-4,-4), I) + 0.8 N((4,4), I).
     gm = datasets.unequal_modes(weights=(0.2, 0.8))

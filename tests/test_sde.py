@@ -10,6 +10,8 @@ from scipy.stats import ks_2samp
 from minidiff import datasets, ddpm, process, sde
 from minidiff.models import mlp
 
+pytestmark = pytest.mark.ch4
+
 PATHS = {"vp": process.VP(), "subvp": process.SubVP(), "ve": process.VE(0.01, 50.0)}
 
 
@@ -81,6 +83,7 @@ def test_ddpm_chain_is_the_discretised_vp_sde():
 
 
 @pytest.mark.parametrize("name", ["vp", "ve"])
+@pytest.mark.exercise("4.1")
 def test_reverse_sde_with_the_exact_score_reproduces_the_mixture(mixture, name):
     rng, path = np.random.default_rng(1), PATHS[name]
     t_end = 1e-3
@@ -92,6 +95,7 @@ def test_reverse_sde_with_the_exact_score_reproduces_the_mixture(mixture, name):
     assert ks_min_pvalue(x, target.sample(2000, rng)) > 1e-3
 
 
+@pytest.mark.exercise("4.1", "4.3")
 def test_predictor_corrector_reproduces_the_mixture(mixture):
     rng, path = np.random.default_rng(2), PATHS["vp"]
     x = sde.predictor_corrector(exact_score(mixture, path), path, rng.standard_normal((2000, 2)),
@@ -100,6 +104,7 @@ def test_predictor_corrector_reproduces_the_mixture(mixture):
                                            float(path.sigma(1e-3))).sample(2000, rng)) > 1e-3
 
 
+@pytest.mark.exercise("4.3")
 def test_one_corrector_step_has_score_sdes_step_size():
     # With the exact score the corrector leaves p_t unchanged whatever its step size, so the
     # distribution test above cannot see a wrong one. One step, replayed by hand: Song et al.
@@ -120,6 +125,7 @@ def test_one_corrector_step_has_score_sdes_step_size():
 
 
 @pytest.mark.parametrize("solver", ["heun", "rk45"])
+@pytest.mark.exercise("4.2")
 def test_pf_ode_reproduces_the_mixture(mixture, solver):
     rng, path = np.random.default_rng(3), PATHS["vp"]
     drift = sde.pf_ode_drift(exact_score(mixture, path), path)
@@ -132,6 +138,7 @@ def test_pf_ode_reproduces_the_mixture(mixture, solver):
     assert ks_min_pvalue(x, target.sample(2000, rng)) > 1e-3
 
 
+@pytest.mark.exercise("4.2")
 def test_pf_ode_maps_data_to_noise_and_back(mixture, rng):
     path = PATHS["vp"]
     drift = sde.pf_ode_drift(exact_score(mixture, path), path)
@@ -142,6 +149,7 @@ def test_pf_ode_maps_data_to_noise_and_back(mixture, rng):
     assert np.abs(z).std() > 0.5  # ... and the forward map really went somewhere
 
 
+@pytest.mark.exercise("4.2")
 def test_pf_ode_likelihood_of_a_gaussian_matches_the_analytic_density(rng):
     mu, cov = np.array([0.5, -1.0]), np.array([[1.0, 0.3], [0.3, 0.5]])
     gauss = datasets.GaussianMixture([1.0], [mu], [cov])
@@ -174,6 +182,7 @@ def test_exact_divergence_by_autograd_matches_closed_form(rng):
                                rtol=1e-9)
 
 
+@pytest.mark.exercise("4.4")
 def test_hutchinson_estimator_is_unbiased(rng):
     params = mlp.init(rng, dim=16, hidden=32, depth=1, emb_dim=4, dtype=np.float64)
     fn = lambda x, t: mlp.apply(params, x, t) - 2.0 * x  # divergence near -32, far from 0

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 from minidiff import datasets, targets
 
+pytestmark = pytest.mark.ch5
+
 positive = st.floats(min_value=1e-2, max_value=1e2)
 derivative = st.floats(min_value=-10.0, max_value=10.0)
 
@@ -52,6 +54,7 @@ def test_per_sample_coefficients_broadcast(rng):
     np.testing.assert_allclose(targets.x0_from_eps(eps, xt, alpha, sigma), x0, atol=1e-12)
 
 
+@pytest.mark.exercise("2.4")
 def test_tweedie_with_the_exact_score_is_the_closed_form_posterior_mean(rng):
     # E[x0 | x_t] = (x_t + sigma² grad log p_t(x_t)) / alpha, to float64 precision.
     gm = datasets.gmm8()
@@ -97,6 +100,7 @@ def test_targets_are_the_definitions(rng):
 
 
 @pytest.mark.parametrize("vp", [True, False])
+@pytest.mark.exercise("5.2")
 def test_min_snr_frames(vp, rng):
     # One network output per point, read as eps, x0 and v: an eps loss with constant weight is
     # an x0 loss weighted by SNR; an x0 loss with constant weight is an eps loss weighted by
@@ -134,6 +138,7 @@ def test_min_snr_frames(vp, rng):
     np.testing.assert_allclose(weighted["x0"], np.minimum(snr, 5.0) * loss["x0"], rtol=1e-12)
 
 
+@pytest.mark.exercise("5.1")
 def test_edm_effective_target_has_unit_variance_at_every_sigma(rng):
     # Karras et al. 2022, eq. (8): for data of std sigma_data the target of F has unit variance.
     # Data: a two-point distribution ±sigma_data (only its variance matters). 200,000 draws per
@@ -146,6 +151,7 @@ def test_edm_effective_target_has_unit_variance_at_every_sigma(rng):
         assert abs(eff.var() - 1.0) < 0.016, sigma
 
 
+@pytest.mark.exercise("5.1")
 def test_edm_weight_is_one_over_c_out_squared_and_losses_agree(rng):
     sigma = np.exp(rng.normal(-1.2, 1.2, 8))
     _, c_out, _, _ = targets.edm_precond(sigma)
@@ -162,6 +168,7 @@ def test_edm_weight_is_one_over_c_out_squared_and_losses_agree(rng):
     np.testing.assert_allclose(lhs, rhs, rtol=1e-10)
 
 
+@pytest.mark.exercise("5.1")
 def test_edm_preconditioning_limits():
     c_skip, c_out, c_in, c_noise = targets.edm_precond(np.array([1e-6, 1e6]), 0.5)
     np.testing.assert_allclose(c_skip, [1.0, 0.0], atol=1e-10)  # small noise: D(x) ≈ x
@@ -171,6 +178,7 @@ def test_edm_preconditioning_limits():
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v", "velocity"])
+@pytest.mark.exercise("5.2")
 def test_prediction_loss_is_the_weighted_regression(kind, rng):
     import autograd
 
@@ -192,6 +200,7 @@ def test_prediction_loss_is_the_weighted_regression(kind, rng):
         assert {g.dtype for g in nn.tree_leaves(grads)} == {np.dtype(np.float32)}
 
 
+@pytest.mark.exercise("5.1")
 def test_edm_loss_is_the_weighted_denoising_error(rng):
     net = lambda p, x, c: np.tanh(x * p + c[:, None])
     batch = targets.edm_batches(rng.normal(size=(50, 2)), 8, dtype=np.float64)(rng)

@@ -8,6 +8,8 @@ from autograd.test_util import check_grads
 from minidiff import nn
 from minidiff.models import unet
 
+pytestmark = pytest.mark.ch6
+
 TINY = unet.UNetConfig(resolution=8, channels=(4, 8), num_res_blocks=1, attention_levels=(1,),
                        head_channels=4, groups=2, num_classes=3)
 

@@ -71,18 +71,23 @@ class DiTConfig:
 def patchify(x, p):
     """``(N, C, H, W) -> (N, T, p*p*C)``, tokens in row-major order of the patch grid."""
     n, c, h, w = x.shape
+    # BEGIN EXERCISE 9.1: patchify: an image into a sequence of patch tokens (Dosovitskiy et al.
+    #   2021; Peebles & Xie 2023, sec. 3.2); notebook 09, section 1
     x = np.reshape(x, (n, c, h // p, p, w // p, p))
     x = np.transpose(x, (0, 2, 4, 3, 5, 1))  # (N, H/p, W/p, p, p, C)
     return np.reshape(x, (n, (h // p) * (w // p), p * p * c))
+    # END EXERCISE
 
 
 def unpatchify(tokens, p, c):
     """``(N, T, p*p*C) -> (N, C, H, W)``: the inverse of ``patchify`` (square images)."""
     n, t, _ = tokens.shape
+    # BEGIN EXERCISE 9.2: unpatchify: tokens back into an image; notebook 09, section 1
     g = int(round(math.sqrt(t)))
     x = np.reshape(tokens, (n, g, g, p, p, c))
     x = np.transpose(x, (0, 5, 1, 3, 2, 4))  # (N, C, H/p, p, W/p, p)
     return np.reshape(x, (n, c, g * p, g * p))
+    # END EXERCISE
 
 
 def sincos_2d(width, grid):
@@ -92,9 +97,12 @@ def sincos_2d(width, grid):
         omega = 1.0 / 10000 ** (onp.arange(dim // 2) / (dim / 2.0))  # (dim/2,)
         angles = pos[:, None] * omega[None]
         return onp.concatenate([onp.sin(angles), onp.cos(angles)], axis=1)
+    # BEGIN EXERCISE 9.3: the fixed 2D sine-cosine position embedding (Vaswani et al. 2017, sec.
+    #   3.5, per axis); notebook 09, section 2
     rows, cols = onp.meshgrid(onp.arange(grid), onp.arange(grid), indexing="ij")
     return onp.concatenate([one_d(rows.ravel().astype(float), width // 2),
                             one_d(cols.ravel().astype(float), width // 2)], axis=1)
+    # END EXERCISE
 
 
 # ----------------------------------------------------------------------------- layers

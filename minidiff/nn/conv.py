@@ -8,9 +8,8 @@ and is checked by ``autograd.test_util.check_grads`` in float64 (tests/test_conv
 **The convolution, first as the lesson** (``conv2d_reference``): unfold every receptive field
 of the input into one row of a matrix (im2col), and the convolution is one matrix product with
 the kernel flattened to ``(O, C kh kw)`` (Chellapilla, Puri & Simard 2006). Its gradients are
-two more products: the weight gradient is ``cols^T G``, and the input gradient is a
-*transposed convolution* — the output gradient dilated by the stride, padded by ``k - 1`` and
-correlated with the kernel flipped in space and transposed in channels.
+two more products: the weight gradient is ``cols^T G``, and the input gradient ``col2im(G W)``
+adds each column of ``G W`` back onto the window it came from: a *transposed convolution*.
 
 **Then as the network runs it** (``conv2d``): the same arithmetic laid out for a CPU in
 ``nn/conv_fast.py`` (no im2col copy at stride 1, channels-last rows, blocked GEMMs; its
@@ -44,9 +43,12 @@ def im2col(x, kh, kw, stride=1, padding=(0, 0)):
     xp = onp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
     cols = onp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    # BEGIN EXERCISE 6.1: im2col: every receptive field as one row (Chellapilla et al. 2006);
+    #   notebook 06, section 1
     for i in range(kh):  # tap (i, j) of every window is a strided slice of the padded input
         for j in range(kw):
             cols[:, :, i, j] = xp[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride]
+    # END EXERCISE
     return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * ho * wo, c * kh * kw), (ho, wo)
 
 
@@ -60,26 +62,36 @@ def conv2d_reference(x, w, b=None, stride=1, padding=0):
 def _conv2d_ref(x, w, b, stride, padding):
     n, o = x.shape[0], w.shape[0]
     cols, (ho, wo) = im2col(x, w.shape[2], w.shape[3], stride, padding)
+    # BEGIN EXERCISE 6.2: the convolution as one GEMM on the im2col matrix; notebook 06, section 1
     out = cols @ w.reshape(o, -1).T  # (N Ho Wo, O): the one GEMM
     if b is not None:
         out = out + b
+    # END EXERCISE
     return out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2)  # (N, O, Ho, Wo)
 
 
 def _reference_input_grad(g, w, x_shape, stride, padding):
-    """``dL/dx``: a transposed convolution of ``g: (N, O, Ho, Wo)``. Dilate by the stride
-    (``stride - 1`` zeros between pixels), pad by ``k - 1`` (plus the input rows no window
-    reached), correlate with ``w`` flipped in space and transposed in channels, crop the padding."""
+    """``dL/dx`` for ``g: (N, O, Ho, Wo)``, the adjoint of the forward pass: each output pixel's
+    gradient spreads back over the window it was read from, ``dcols = G W`` (one GEMM), and
+    ``col2im`` adds every column back at its window's place (the adjoint of ``im2col``'s
+    slices). That is a *transposed convolution*: equally, the stride-dilated ``g`` correlated
+    with the kernel flipped in space and transposed in channels, which is how the fast path
+    computes it (``conv_fast.input_grad``)."""
     n, c, h, wd = x_shape
     o, _, kh, kw = w.shape
     ph, pw = padding
     ho, wo = g.shape[2:]
-    gd = onp.zeros((n, o, (ho - 1) * stride + 1, (wo - 1) * stride + 1), dtype=g.dtype)
-    gd[:, :, ::stride, ::stride] = g
-    extra_h, extra_w = h + 2 * ph - (gd.shape[2] + kh - 1), wd + 2 * pw - (gd.shape[3] + kw - 1)
-    gd = onp.pad(gd, ((0, 0), (0, 0), (kh - 1, kh - 1 + extra_h), (kw - 1, kw - 1 + extra_w)))
-    w_t = onp.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, O, kh, kw)
-    return _conv2d_ref(gd, w_t, None, 1, (0, 0))[:, :, ph:ph + h, pw:pw + wd]
+    g2 = g.transpose(0, 2, 3, 1).reshape(-1, o)  # (N Ho Wo, O)
+    # BEGIN EXERCISE 6.3: the convolution's input gradient: dcols = G W, then col2im (a
+    #   transposed convolution); notebook 06, section 1
+    dcols = (g2 @ w.reshape(o, -1)).reshape(n, ho, wo, c, kh, kw)
+    dxp = onp.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=g.dtype)  # the padded input's grad
+    for i in range(kh):
+        for j in range(kw):  # every tap's column back onto the pixels it read
+            dxp[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride] += \
+                dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return dxp[:, :, ph:ph + h, pw:pw + wd]
+    # END EXERCISE
 
 
 def _reference_vjp(argnums, ans, args, kwargs):

@@ -181,7 +181,10 @@ def modulated_layer_norm(x, shift, scale, eps=1e-6):
         dshift = sum_T g,   dscale = sum_T g xhat,   dxhat = g (1 + scale),
         dx = (dxhat - mean_D(dxhat) - xhat mean_D(dxhat xhat)) / sd."""
     xhat, _ = _ln_stats(x, eps)
+    # BEGIN EXERCISE 9.4: adaLN's modulation of a layer norm, shift and scale from the conditioning
+    #   (Peebles & Xie 2023, sec. 3.2); notebook 09, section 3
     return xhat * (1.0 + scale) + shift
+    # END EXERCISE
 
 
 def _mln_vjp(argnums, ans, args, kwargs):
