@@ -36,13 +36,10 @@ def frechet_distance(mu1, cov1, mu2, cov2):
     # tr (C1 C2)^{1/2} = sum of sqrt(eigenvalues of C1^{1/2} C2 C1^{1/2}), a symmetric PSD
     # matrix: stable where sqrtm(C1 @ C2) warns (singular covariances: ReLU features that are
     # always zero in a small sample).
-    # BEGIN EXERCISE 6.4: the Frechet distance between two Gaussians (Dowson & Landau 1982; Heusel
-    #   et al. 2017); notebook 06, section 5
     s1 = _psd_sqrt(cov1)
     ev = onp.linalg.eigvalsh(s1 @ cov2 @ s1)
     tr_covmean = onp.sum(onp.sqrt(onp.clip(ev, 0.0, None)))
     return float(onp.sum((mu1 - mu2) ** 2) + onp.trace(cov1) + onp.trace(cov2) - 2.0 * tr_covmean)
-    # END EXERCISE
 
 
 def _psd_sqrt(c):

@@ -52,7 +52,7 @@ def karras_sigmas(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
         raise ValueError(f"need 0 < `sigma_min` < `sigma_max` (got {sigma_min}, {sigma_max})")
     if not 0 < rho < math.inf:
         raise ValueError(f"`rho` must be positive (got {rho})")
-    # BEGIN EXERCISE 5.3: the EDM noise-level grid (Karras et al. 2022, eq. (5)); notebook 05,
+    # BEGIN EXERCISE 5.2: the EDM noise-level grid (Karras et al. 2022, eq. (5)); notebook 05,
     #   section 3
     ramp = onp.linspace(0, 1, n)
     inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
@@ -100,7 +100,7 @@ def heun(denoiser, x, sigmas, rng=None, churn=0.0, s_tmin=0.0, s_tmax=float("inf
         if gamma > 0:
             x = x + math.sqrt(s_hat**2 - s**2) * s_noise * rng.standard_normal(x.shape)
         d = _d(denoiser, x, s_hat)
-        # BEGIN EXERCISE 5.4: Heun's second-order step (Karras et al. 2022, Algorithm 2); notebook
+        # BEGIN EXERCISE 5.3: Heun's second-order step (Karras et al. 2022, Algorithm 2); notebook
         #   05, section 3
         x_next = x + (s_next - s_hat) * d
         if s_next > 0:
@@ -153,7 +153,7 @@ def dpm_solver_pp_2m(denoiser, x, sigmas):
         if s_next == 0:
             x = denoised
         else:
-            # BEGIN EXERCISE 5.5: the DPM-Solver++(2M) update (Lu et al. 2022, Algorithm 2); the
+            # BEGIN EXERCISE 5.4: the DPM-Solver++(2M) update (Lu et al. 2022, Algorithm 2); the
             #   docstring of samplers.py
             h = math.log(s / s_next)
             d_hat = denoised

@@ -235,11 +235,8 @@ def min_snr_weight(kind, alpha, sigma, gamma=5.0, dalpha=None, dsigma=None):
     weighted losses are one and the same objective."""
     if not gamma > 0:  # refuses NaN too; gamma = inf is no cap: the weight of the plain loss
         raise ValueError(f"`gamma` must be positive (got {gamma}): it caps the SNR")
-    # BEGIN EXERCISE 5.2: the Min-SNR-gamma weight in a target's own frame (Hang et al. 2023, eq.
-    #   (9)); notebook 05, section 1
     snr = (onp.asarray(alpha, dtype=float) / onp.asarray(sigma, dtype=float)) ** 2
     return onp.minimum(snr, gamma) / x0_error_factor(kind, alpha, sigma, dalpha, dsigma)
-    # END EXERCISE
 
 
 def prediction_loss(net, kind, weighting=None, gamma=5.0):

@@ -9,8 +9,10 @@ from minidiff import nn
 from minidiff.models import dit, unet
 from minidiff.tools import bench
 
+DIT_EXERCISES = pytest.mark.exercise("9.1", "9.2", "9.3", "9.4")  # what a DiT step runs
 
-@pytest.mark.parametrize("model", ["unet", "dit"])
+
+@pytest.mark.parametrize("model", ["unet", pytest.param("dit", marks=DIT_EXERCISES)])
 def test_numpy_step_runs_and_reports(model):
     arch, cfg = (unet, unet.UNetConfig()) if model == "unet" else (dit, dit.DiTConfig())
     res = bench._numpy_step(model, batch=2, repeats=1)
@@ -59,6 +61,7 @@ def test_torch_unet_twin_computes_the_same_function():
     _same_function(lambda x, t, y: unet.apply(params, x, t, y, cfg), twin, rng, torch)
 
 
+@DIT_EXERCISES
 def test_export_writes_a_loadable_twin_of_a_model_file(tmp_path):
     torch = pytest.importorskip("torch")
     from minidiff import images
@@ -83,6 +86,7 @@ def test_export_writes_a_loadable_twin_of_a_model_file(tmp_path):
         torch_twins.to_torch(tmp_path / "u.npz")
 
 
+@DIT_EXERCISES
 def test_torch_dit_twin_computes_the_same_function():
     torch = pytest.importorskip("torch")
     from minidiff.tools.torch_twins import TorchDiT
@@ -95,6 +99,7 @@ def test_torch_dit_twin_computes_the_same_function():
     _same_function(lambda x, t, y: dit.apply(params, x, t, y, cfg), twin, rng, torch)
 
 
+@DIT_EXERCISES
 def test_interleaved_comparison_runs_its_step_servers():
     # The numpy step server in its own process answers turn by turn and reports its size and
     # peak memory; a broken protocol or child would print "failed" instead of this line.

@@ -134,7 +134,6 @@ def test_model_files_round_trip(tmp_path, tiny_params):
                                   unet.apply(tiny_params, x, 5.0, None, TINY))
 
 
-@pytest.mark.exercise("5.2")
 def test_min_snr_weighted_eps_loss(rng):
     # Min-SNR-5 in the eps frame weights image i by min(SNR, 5) / SNR (Hang et al. 2023); with
     # gamma = inf every weight is 1 and the loss is L_simple again.

@@ -8,7 +8,6 @@ from minidiff import datasets, metrics, process
 pytestmark = pytest.mark.ch6
 
 
-@pytest.mark.exercise("6.4")
 def test_frechet_distance_of_gaussians_in_closed_form(rng):
     # For commuting (here diagonal) covariances, FD = |dmu|² + sum (sqrt(a) - sqrt(b))².
     a, b = rng.uniform(0.5, 2, 4), rng.uniform(0.5, 2, 4)
@@ -19,7 +18,6 @@ def test_frechet_distance_of_gaussians_in_closed_form(rng):
     assert metrics.frechet_distance(mu1, np.diag(a), mu1, np.diag(a)) == pytest.approx(0, abs=1e-9)
 
 
-@pytest.mark.exercise("6.4")
 def test_fd_of_two_real_samples_is_small_and_shrinks_with_n(rng):
     # The FD estimator's bias at finite n: two samples of one law give FD > 0, falling ~ 1/n.
     # Stand-in features: 16-D Gaussians (the same estimator as on classifier features).
@@ -57,7 +55,6 @@ def test_class_spread_is_the_law_of_total_variance(rng):
         metrics.class_spread(f, labels[:-1])
 
 
-@pytest.mark.exercise("6.4")
 def test_fd_with_class_means_aligned_sees_only_the_shape_inside_each_class(rng):
     # The reference: four classes of unequal size. Samples that are the reference's own points
     # with every class moved by its own offset have FD well above zero, but once the class means
@@ -92,7 +89,6 @@ def test_fd_with_class_means_aligned_sees_only_the_shape_inside_each_class(rng):
         fd_centred, rel=1e-9)
 
 
-@pytest.mark.exercise("6.4")
 def test_fd_with_class_means_aligned_is_biased_like_fd_and_below_it(rng):
     # Two samples of one ten-class mixture (16-D, class means 3 apart): with the class means
     # aligned FD is still > 0 (the within-class covariances are estimates) and falls ~ 1/n like

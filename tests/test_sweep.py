@@ -10,6 +10,7 @@ from minidiff.tools import sweep
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.exercise("9.1", "9.2", "9.3", "9.4")  # it trains DiTs
 def test_dit_sweep_rows_and_table_round_trip(tmp_path, rng):
     from minidiff import nn
     from minidiff.datasets import mnist

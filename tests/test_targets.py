@@ -100,7 +100,6 @@ def test_targets_are_the_definitions(rng):
 
 
 @pytest.mark.parametrize("vp", [True, False])
-@pytest.mark.exercise("5.2")
 def test_min_snr_frames(vp, rng):
     # One network output per point, read as eps, x0 and v: an eps loss with constant weight is
     # an x0 loss weighted by SNR; an x0 loss with constant weight is an eps loss weighted by
@@ -178,7 +177,6 @@ def test_edm_preconditioning_limits():
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v", "velocity"])
-@pytest.mark.exercise("5.2")
 def test_prediction_loss_is_the_weighted_regression(kind, rng):
     import autograd
 

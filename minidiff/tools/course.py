@@ -43,6 +43,10 @@ END = re.compile(r"^\s*# END EXERCISE\s*$")
 HIDDEN = Path("tests") / "instructor"
 COPIED = ("minidiff", "tests", "notebooks", "Makefile", "README.md", "pyproject.toml",
           ".gitignore")
+# The instructor's side, left out of a student copy: the hidden tests, and the mutation list and
+# the course's own tests, which quote solution lines.
+OMITTED = (HIDDEN, Path("tests") / "test_course.py", Path("tests") / "test_mutations.py",
+           Path("minidiff") / "tools" / "mutations.py")
 
 
 class Exercise(typing.NamedTuple):
@@ -103,7 +107,10 @@ def blank(text, keep=lambda exercise_id: True):
             out.append(lines[k])
             k += 1
         message = f"Exercise {m.group(2)}.{m.group(3)}: {task}"
-        out.append(f"{indent}raise NotImplementedError({message!r})  # your code here")
+        out.append(f"{indent}raise NotImplementedError(  # your code here")
+        out += [f"{indent}    {chunk!r}" for chunk in
+                textwrap.wrap(message, 90 - len(indent), drop_whitespace=False)]
+        out[-1] += ")"
         while not END.match(lines[k]):
             k += 1
         out.append(lines[k])
@@ -131,9 +138,15 @@ def build(out, chapters, root=ROOT, link_data=False):
         src = root / part
         if src.is_dir():
             shutil.copytree(src, out / part, ignore=shutil.ignore_patterns(
-                "__pycache__", ".ipynb_checkpoints", *([HIDDEN.name] if part == "tests" else [])))
+                "__pycache__", ".ipynb_checkpoints"))
         elif src.exists():
             shutil.copy2(src, out / part)
+    for part in OMITTED:
+        target = out / part
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
     if link_data:
         (out / "data").symlink_to(root / "data")
     else:
