@@ -227,6 +227,7 @@ def cmd_sample(args):
 
 def cmd_evaluate(args):
     import numpy as np
+    from tqdm import tqdm
 
     from . import images, metrics
     from .datasets import load_samples
@@ -244,8 +245,9 @@ def cmd_evaluate(args):
         print(f"warning: FD-MNIST from {len(labels)} images is biased upward (about 1/N, and the "
               "128-dimensional feature covariance is singular below 129 images): compare it "
               "only with the real-vs-real baseline at the same N", file=sys.stderr)
-    r = metrics.evaluate_samples(metrics.images_from_uint8(pixels), labels, clf,
-                                 np.random.default_rng(args.seed))
+    with tqdm(total=3 * len(labels), desc="evaluating", unit="image", mininterval=1.0) as bar:
+        r = metrics.evaluate_samples(metrics.images_from_uint8(pixels), labels, clf,
+                                     np.random.default_rng(args.seed), progress=bar.update)
     print(metrics.format_report(r))
     return 0
 

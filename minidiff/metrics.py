@@ -141,21 +141,25 @@ def balanced_subset(images, labels, per_class, rng):
     return images[idx], labels[idx]
 
 
-def evaluate_samples(images, labels, classifier_params, rng):
+def evaluate_samples(images, labels, classifier_params, rng, progress=None):
     """FD-MNIST of ``images`` (floats in ``[-1, 1]``) against as many test digits with the same
     class balance, the real-vs-real baseline (as many train digits against those test digits),
     the class agreement, the ``class_spread`` of the samples' features (by requested class) and
     of the test digits', and both FDs again with the class means aligned on the test digits'
     (``fd_class_means_aligned``): ``{"fd", "fd_real", "agreement", "n", "spread",
-    "spread_real", "fd_aligned", "fd_real_aligned"}``."""
+    "spread_real", "fd_aligned", "fd_real_aligned"}``. ``progress(k)`` is called after each of
+    the three feature passes (samples, test digits, training digits) with the images done."""
     from .datasets import mnist
 
     per_class = len(labels) // 10
     test_x, test_y = balanced_subset(*mnist("test"), per_class, rng)
     train_x, train_y = balanced_subset(*mnist("train"), per_class, rng)
-    f_samples = classifier_features(classifier_params, images)
-    f_test = classifier_features(classifier_params, test_x)
-    f_train = classifier_features(classifier_params, train_x)
+    feats = []
+    for x in (images, test_x, train_x):
+        feats.append(classifier_features(classifier_params, x))
+        if progress is not None:
+            progress(len(x))
+    f_samples, f_test, f_train = feats
     moments = [(f.mean(0), onp.cov(f.T)) for f in (f_samples, f_test, f_train)]
     return {"fd": frechet_distance(*moments[0], *moments[1]),
             "fd_real": frechet_distance(*moments[2], *moments[1]),

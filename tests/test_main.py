@@ -78,7 +78,9 @@ def test_sample_with_workers_then_evaluate_from_the_command_line(tmp_path, capsy
     assert pics.shape == (20, 28, 28) and list(np.bincount(labels)) == [2] * 10
     assert main(["evaluate", str(samples), "--classifier",
                  str(PACKAGE.parent / "data/weights/classifier_mnist.npz")]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "evaluating" in captured.err  # the progress bar
     assert "20 samples: FD-MNIST" in out and "between classes" in out
     assert "mean moved onto the test digits' class mean: FD-MNIST" in out
     assert main(["sample", "--weights", str(weights), "--n", "10", "--steps", "2",
