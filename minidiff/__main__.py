@@ -368,7 +368,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+    except (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError,
+            FloatingPointError) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

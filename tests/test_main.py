@@ -17,17 +17,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "minidiff"
 TINY_UNET = ["unet", "--steps", "1", "--batch-size", "2", "--channels", "8", "16", "32"]
 
 
-@pytest.mark.exercise("1.1", "1.3", "9.1", "9.2", "9.3", "9.4")  # the demos of chapters 1 and 9
-def test_demo_runs_fast_and_reports_what_it_measured(tmp_path, capsys):
-    assert main(["demo", "--fast", "--out", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert "weight of the heavy mode" in printed and "relative score error" in printed
-    assert {p.name for p in tmp_path.iterdir()} >= {"01_langevin_weights.png", "01_ncsn_gmm8.png",
-                                                    "06_unet_samples.png",
-                                                    "09_dit_samples.png"}
-    assert "U-Net: 20 samples" in printed and "DiT: 20 samples" in printed
-
-
 @pytest.mark.exercise("9.1", "9.2", "9.3", "9.4")  # it trains a DiT
 def test_train_dit_from_the_command_line_writes_loadable_weights(tmp_path, capsys):
 
