@@ -287,19 +287,29 @@ def _mnist_uint8(split, data_dir):
     return images, labels
 
 
+# The training split cut in two: runs are compared on the last 10,000 training digits, and the
+# models that such a comparison chooses between train on the first 50,000 only. The test digits
+# are reported, never chosen on.
+HELD_OUT = 50_000
+_SUBSETS = {"fit": ("train", slice(None, HELD_OUT)), "validation": ("train", slice(HELD_OUT, None))}
+
+
 def mnist(split="train", data_dir=None):
     """MNIST as ``(images, labels)``: images float32 ``(N, 1, 28, 28)`` in ``[-1, 1]``
-    (``pixel / 127.5 - 1``), labels int64 ``(N,)``. ``split`` is ``"train"`` (60,000) or
-    ``"test"`` (10,000).
+    (``pixel / 127.5 - 1``), labels int64 ``(N,)``. ``split`` is ``"train"`` (60,000),
+    ``"test"`` (10,000), or the training split's two parts ``"fit"`` (its first 50,000) and
+    ``"validation"`` (its last 10,000, held out to choose between runs).
 
     Every load checks the decompressed files against the canonical SHA-256 (a mismatch raises a
     ``ValueError``); decoded arrays are cached per process.
     """
-    if split not in _SPLITS:
-        raise ValueError(f"`split` must be 'train' or 'test' (got {split!r})")
-    images, labels = _mnist_uint8(split, str(DATA_DIR if data_dir is None else data_dir))
-    x = images.astype(onp.float32)[:, None] * (1.0 / 127.5) - 1.0  # (N, 1, 28, 28)
-    return x, labels.astype(onp.int64)
+    if split not in _SPLITS and split not in _SUBSETS:
+        raise ValueError(f"`split` must be 'train', 'test', 'fit' or 'validation' (got "
+                         f"{split!r})")
+    whole, part = _SUBSETS.get(split, (split, slice(None)))
+    images, labels = _mnist_uint8(whole, str(DATA_DIR if data_dir is None else data_dir))
+    x = images[part].astype(onp.float32)[:, None] * (1.0 / 127.5) - 1.0  # (N, 1, 28, 28)
+    return x, labels[part].astype(onp.int64)
 
 
 # ----------------------------------------------------------------------------- sample files

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as onp
 
 from . import ddpm, train
-from .guidance import check_interval, guided_eps
+from .guidance import check_interval, classifier_guided_eps, classifier_log_prob_grad, guided_eps
 from .nn import checkpoint, mean
 from .targets import min_snr_weight, to_eps
 from .targets import target as regression_target
@@ -26,7 +26,8 @@ from .targets import target as regression_target
 DEFAULT_SCHEDULE = {"name": "linear", "T": 1000}
 # The shipped weights, found from the package (not the current folder), as the MNIST loader does.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
-SHIPPED = {name: WEIGHTS_DIR / f"{name}_mnist.npz" for name in ("unet", "dit", "classifier")}
+SHIPPED = {name: WEIGHTS_DIR / f"{name}_mnist.npz"
+           for name in ("unet", "dit", "classifier", "noisy_classifier")}
 
 
 def path_coefficients(sched, dtype=onp.float32):
@@ -169,7 +170,8 @@ def image_loss(arch_name, config, target="eps", weighting=None, sched=None):
 # ----------------------------------------------------------------------------- sampling
 
 def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_size=200,
-           spacing="leading", progress=None, workers=1, guidance_interval=None, sched=None):
+           spacing="leading", progress=None, workers=1, guidance_interval=None, sched=None,
+           bad=None, classifier=None):
     """Images for ``labels`` by deterministic DDIM over ``steps`` steps of ``sched`` (the linear
     schedule by default; ``model_schedule(meta)`` for a model file) with guidance ``w`` (at the
     steps in ``guidance_interval``, all by default: ``guidance.guided_eps``), predicted ``x0``
@@ -181,7 +183,12 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
     (``nn.parallel.map_in_processes``) and gives the same images up to float32 rounding.
     ``progress(k)`` is called after each batch of ``k`` images. Batches hold at most
     ``batch_size`` images (``numpy.array_split`` sizes; with workers, a whole number of
-    rounds)."""
+    rounds).
+
+    Two other kinds of guidance, at the same scale ``guidance``: ``bad = (apply, params,
+    config)`` of a weaker conditional model is autoguidance (``guided_eps``); ``classifier`` (a
+    noise-conditional classifier's parameters, ``train_noisy_classifier``) is classifier
+    guidance of the *unconditional* model (``guidance.classifier_guided_eps``)."""
     if not (isinstance(workers, int) and workers >= 1):
         raise ValueError(f"`workers` must be a positive integer (got {workers!r})")
     if not (isinstance(batch_size, int | onp.integer) and batch_size >= 1):
@@ -201,8 +208,11 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
         chunks = workers * -(-chunks // workers)  # whole rounds: every worker equally busy
     chunks = min(chunks, len(labels))
     pieces = list(zip(onp.array_split(labels, chunks), onp.array_split(z, chunks), strict=True))
+    if bad is not None and classifier is not None:
+        raise ValueError("give `bad` (autoguidance) or `classifier` (classifier guidance), not "
+                         "both")
     run = functools.partial(_sample_batch, apply, params, config, sched, steps, guidance,
-                            spacing, check_interval(guidance_interval))
+                            spacing, check_interval(guidance_interval), bad, classifier)
     report = None if progress is None else (lambda x: progress(len(x)))
     if workers == 1:
         out = []
@@ -217,9 +227,17 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
     return onp.concatenate(out)
 
 
-def _sample_batch(apply, params, config, sched, steps, guidance, spacing, interval, labels, z):
-    x = ddpm.ddim_sample(guided_eps(apply, params, config, labels, guidance, interval=interval),
-                         sched, z, steps=steps, spacing=spacing, clip_x0=(-1.0, 1.0))
+def _sample_batch(apply, params, config, sched, steps, guidance, spacing, interval, bad,
+                  classifier, labels, z):
+    if classifier is None:
+        eps_fn = guided_eps(apply, params, config, labels, guidance, interval=interval, bad=bad)
+    else:
+        null = onp.full(len(labels), 10)  # the unconditional model: every label the null class
+        eps_fn = classifier_guided_eps(
+            lambda x, i: apply(params, x.astype(onp.float32), onp.full(len(x), i, onp.float32),
+                               null, config),
+            noisy_classifier_grad(classifier), sched.path.sigma, labels, guidance)
+    x = ddpm.ddim_sample(eps_fn, sched, z, steps=steps, spacing=spacing, clip_x0=(-1.0, 1.0))
     return onp.clip(x, -1.0, 1.0).astype(onp.float32)
 
 
@@ -276,13 +294,17 @@ def ideal_model(images, labels, sched=None, config=None):
 
 # ----------------------------------------------------------------------------- the evaluator
 
-def load_classifier(path):
-    """The evaluator's parameters from a file written by ``train classifier``; any other model
-    file is refused by name (its parameters would not fit ``models/classifier.py``)."""
+def load_classifier(path, kind="classifier"):
+    """The evaluator's parameters from a file written by ``train classifier`` (or, with
+    ``kind="noisy_classifier"``, chapter 7's noise-conditional classifier from ``train
+    noisy-classifier``); any other model file is refused by name (its parameters would not fit
+    ``models/classifier.py``)."""
     params, meta = checkpoint.load(path)
-    if meta.get("model") != "classifier":
+    if meta.get("model") != kind:
+        command = kind.replace("_", "-")
         raise ValueError(f"{path!s} holds a model of kind {meta.get('model')!r}, not the MNIST "
-                         "classifier (`python -m minidiff train classifier` writes one)")
+                         f"{command.replace('-', ' ')} (`python -m minidiff train {command}` "
+                         "writes one)")
     return params
 
 
@@ -299,3 +321,27 @@ def train_classifier(images, labels, steps=1000, batch_size=128, lr=1e-3, seed=0
     state, _ = train.fit(classifier.loss, state, batch_fn, steps, lr=lr, warmup=50, ema=0.999,
                          progress=progress, desc="classifier")
     return state.ema
+
+
+def train_noisy_classifier(images, labels, sched=None, steps=2000, batch_size=128, lr=1e-3,
+                           seed=0, progress=True):
+    """Chapter 7's noise-conditional classifier ``p_t(c | x_t)``: ``models/classifier.py``'s
+    network with the step index as an input, trained with cross-entropy on digits noised along
+    ``sched``'s path at a step drawn uniformly, as the denoiser sees them (Dhariwal & Nichol
+    2021, sec. 4). Adam through ``train.fit``; returns the EMA parameters."""
+    from .models import classifier
+
+    sched = sched or ddpm.schedule("linear")
+    batches = mnist_batches(sched, images, labels, batch_size, p_uncond=0.0)
+    state = train.init_state(classifier.init_noisy(onp.random.default_rng(seed)), seed)
+    state, _ = train.fit(classifier.noisy_loss, state, batches, steps, lr=lr, warmup=50,
+                         ema=0.999, progress=progress, desc="noisy classifier")
+    return state.ema
+
+
+def noisy_classifier_grad(params):
+    """``g(x, t, labels) = grad_x log p_t(c | x)`` of the noise-conditional classifier, one row
+    per image (``guidance.classifier_log_prob_grad``)."""
+    from .models import classifier
+
+    return classifier_log_prob_grad(functools.partial(classifier.noisy_log_probs, params))

@@ -7,13 +7,19 @@
 
 Trained on the training split (``images.train_classifier``); its accuracy on the test split and its
 penultimate features give the sample-quality measures of ``metrics.py``.
+
+The same network with the timestep added is chapter 7's **noise-conditional classifier**
+``p_t(c | x_t)`` (``init_noisy`` / ``noisy_log_probs``): the sinusoidal embedding of the step
+index, a two-layer SiLU MLP, and a per-channel bias after each convolution (32 and 64 channels),
+as the U-Net adds its time embedding. Classifier guidance (Dhariwal & Nichol 2021) needs one
+trained on noised images, because it is asked about ``x_t`` at every step of the sampler.
 """
 
 import autograd.numpy as np
 import numpy as onp
 from autograd.scipy.special import logsumexp
 
-from ..nn import init_linear, linear, mean
+from ..nn import init_linear, linear, mean, silu, sinusoidal_embedding
 from ..nn.conv import avg_pool2, conv2d
 
 
@@ -52,4 +58,50 @@ def loss(params, batch):
 def predict(params, x, batch_size=1000):
     """Predicted labels, in batches."""
     return onp.concatenate([onp.argmax(apply(params, x[i:i + batch_size]), axis=1)
+                            for i in range(0, len(x), batch_size)])
+
+
+# ----------------------------------------------------------------------------- noise-conditional
+
+def init_noisy(rng, embed_dim=64, dtype=onp.float32):
+    """The classifier's parameters plus a time-embedding MLP ``embed_dim -> embed_dim -> 96``
+    whose output is the biases of the two convolutions' 32 and 64 channels."""
+    params = init(rng, dtype)
+    params["temb1"] = init_linear(rng, embed_dim, embed_dim, dtype)
+    params["temb2"] = init_linear(rng, embed_dim, 32 + 64, dtype)
+    return params
+
+
+def noisy_features(params, x, t):
+    """``x: (N, 1, 28, 28)`` noised at step indices ``t: (N,)`` -> features ``(N, 128)``."""
+    dim = params["temb1"]["w"].shape[0]
+    e = linear(params["temb2"], silu(linear(params["temb1"],
+                                            sinusoidal_embedding(t, dim, dtype=x.dtype))))
+    b1, b2 = e[:, :32, None, None], e[:, 32:, None, None]  # (N, 32, 1, 1), (N, 64, 1, 1)
+    h = avg_pool2(np.maximum(conv2d(x, params["conv1"]["w"], params["conv1"]["b"], padding=1)
+                             + b1, 0.0))
+    h = avg_pool2(np.maximum(conv2d(h, params["conv2"]["w"], params["conv2"]["b"], padding=1)
+                             + b2, 0.0))
+    h = np.reshape(h, (h.shape[0], -1))
+    return np.maximum(linear(params["fc1"], h), 0.0)
+
+
+def noisy_log_probs(params, x, t):
+    """``log p_t(c | x_t)`` for every class: log-softmax of the logits, ``(N, 10)``."""
+    logits = linear(params["fc2"], noisy_features(params, x, t))
+    return logits - logsumexp(logits, axis=1, keepdims=True)
+
+
+def noisy_loss(params, batch):
+    """Mean cross-entropy of ``batch = {"xt", "i", "y"}`` (noised images, their step indices,
+    their classes)."""
+    lp = noisy_log_probs(params, batch["xt"], batch["i"])
+    return -mean(np.sum(lp * onp.eye(10, dtype=lp.dtype)[batch["y"]], axis=1))
+
+
+def noisy_predict(params, x, t, batch_size=1000):
+    """Predicted labels of ``x`` noised at steps ``t`` (an array ``(N,)``), in batches."""
+    t = onp.broadcast_to(onp.asarray(t, dtype=x.dtype), (len(x),))
+    return onp.concatenate([onp.argmax(noisy_log_probs(params, x[i:i + batch_size],
+                                                       t[i:i + batch_size]), axis=1)
                             for i in range(0, len(x), batch_size)])
