@@ -1,4 +1,4 @@
-"""Chapter 7 — conditioning and guidance (this module is the chapter's home; chapter 7 grows it).
+"""Chapter 7 — conditioning and guidance.
 
 Bayes' rule for scores is the whole chapter in one line,
 
@@ -7,7 +7,14 @@ Bayes' rule for scores is the whole chapter in one line,
 and, since ``score = -eps / sigma`` on a Gaussian path (Tweedie), a network that predicts the
 noise with a label, ``eps_c``, and without one, ``eps_u``, carries an implicit classifier:
 ``eps_c - eps_u = -sigma grad log p_t(c | x)``. Classifier-free guidance (Ho & Salimans 2022)
-scales that classifier's pull by ``w``.
+scales that classifier's pull by ``w``; classifier guidance (Dhariwal & Nichol 2021) takes the
+classifier from a network trained on noisy images instead; autoguidance (Karras et al. 2024)
+keeps the rule and replaces the unconditional model by a weaker conditional one. All three are
+``guide(eps_pos, eps_neg, w)``.
+
+Read top to bottom: the rules as the samplers use them; the oracle (a Gaussian mixture whose
+components are the classes, where every term above is closed form at every noise level, and the
+tilted density guidance is often said to sample); classifier guidance.
 
 **Convention.** minidiff's guidance scale ``w`` multiplies the conditional-minus-unconditional
 difference: ``eps_u + w (eps_c - eps_u)``, so ``w = 1`` is the plain conditional model and
@@ -42,8 +49,11 @@ def interval_from_ratios(sched, lo, hi):
     if not 0.0 <= lo < hi:
         raise ValueError(f"need 0 <= lo < hi (got lo={lo!r}, hi={hi!r})")
     steps = onp.arange(sched.T)
+    # BEGIN EXERCISE 7.4: the steps whose noise level sigma / alpha lies in (lo, hi]
+    #   (Kynkäänniemi et al. 2024's guidance interval); notebook 07, section 6
     ratio = sched.path.sigma(steps) / sched.path.alpha(steps)  # increasing in i
     inside = onp.flatnonzero((ratio > lo) & (ratio <= hi))
+    # END EXERCISE
     if inside.size == 0:
         raise ValueError(f"no step of the schedule has sigma/alpha in ({lo}, {hi}]")
     return int(inside[0]), int(inside[-1]) + 1
@@ -139,7 +149,10 @@ def conditional_score(mix, x, labels, alpha=1.0, sigma=0.0):
 def class_score(mix, x, labels, alpha=1.0, sigma=0.0):
     """``grad log p_t(c | x) = grad log p_t(x | c) - grad log p_t(x)``: Bayes' rule for scores,
     read as the input gradient of the exact noise-conditional classifier. ``(N, D)``."""
+    # BEGIN EXERCISE 7.1: Bayes' rule for scores: the class posterior's input gradient from the
+    #   conditional and unconditional scores (Ho & Salimans 2022, sec. 3.2); notebook 07, section 1
     return conditional_score(mix, x, labels, alpha, sigma) - mix.noised(alpha, sigma).score(x)
+    # END EXERCISE
 
 
 def guided_score(mix, path, labels, w):
@@ -160,7 +173,10 @@ def tilted_log_density(mix, x, labels, w):
     would sample if the tilt commuted with the noising. It does not: ``p_t(x) p_t(c | x)^w`` is
     not the noised ``p_0(x) p_0(c | x)^w`` (Chidambaram et al. 2024; Bradley & Nakkiran 2024),
     and the notebook measures how far the guided samples land from it."""
+    # BEGIN EXERCISE 7.3: the tilted density log p_0(x) + w log p_0(c | x) (the target CFG is
+    #   often said to sample; Bradley & Nakkiran 2024); notebook 07, section 3
     return mix.log_prob(x) + w * class_log_posterior(mix, x, labels)
+    # END EXERCISE
 
 
 def sample_on_grid(log_density, n, rng, lo, hi, cells=512):
@@ -209,8 +225,11 @@ def classifier_guided_eps(eps_uncond, grad_log_prob, sigma_of, labels, scale):
         eps = eps_uncond(x, i)
         if scale == 0.0:
             return eps
+        # BEGIN EXERCISE 7.2: classifier guidance in noise form, eps_u - s sigma_i grad log p(c | x)
+        #   (Dhariwal & Nichol 2021, eq. (14)); notebook 07, section 5
         g = grad_log_prob(x, onp.full(len(x), i, x.dtype), labels)
         return eps - scale * float(sigma_of(i)) * g
+        # END EXERCISE
     return eps_fn
 
 

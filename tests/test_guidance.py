@@ -111,6 +111,7 @@ def _mixture():
     return datasets.GaussianMixture.isotropic([0.4, 0.3, 0.3], MEANS, 0.6)
 
 
+@pytest.mark.exercise("7.1")
 @pytest.mark.parametrize("t", [0.02, 0.3, 0.7, 1.0])
 def test_bayes_rule_for_scores_holds_exactly_on_the_mixture(t):
     # grad log p_t(x | c) = grad log p_t(x) + grad log p_t(c | x), each term on its own: the
@@ -139,6 +140,7 @@ def test_bayes_rule_for_scores_holds_exactly_on_the_mixture(t):
     np.testing.assert_allclose(total, 1.0, rtol=1e-12)
 
 
+@pytest.mark.exercise("7.2")
 def test_classifier_guidance_at_s_and_cfg_at_w_equal_s_take_the_same_step():
     # With exact scores the two rules are one: the implicit classifier of CFG
     # (eps_c - eps_u = -sigma grad log p_t(c | x)) is the exact noise-conditional classifier.
@@ -191,6 +193,7 @@ def _one_ddim_step(eps_fn, sched, x, i, j):
         + float(sched.path.sigma(j)) * eps
 
 
+@pytest.mark.exercise("7.3")
 def test_tilted_density_at_w_0_and_1_is_the_data_and_the_class():
     # log p(x) + w log p(c | x): w = 0 is log p(x); w = 1 is log p(x, c) = log w_c + log N_c(x).
     from minidiff import datasets
@@ -228,6 +231,7 @@ def _ks_max(a, b, directions=8):
                for d in np.stack([np.cos(angles), np.sin(angles)], axis=1))
 
 
+@pytest.mark.exercise("7.3")
 def test_guided_sampling_draws_the_class_at_w_1_and_misses_the_tilted_target_above():
     # The probability-flow ODE (chapter 4) with the exact guided score, from N(0, I) at t = 1 to
     # t = 1e-4 (adaptive RK45). KS on 8 projections: the critical value of the two-sample
@@ -278,6 +282,7 @@ TINY28 = unet.UNetConfig(resolution=28, channels=(4, 8), num_res_blocks=1, atten
                          head_channels=4, groups=2, num_classes=10)
 
 
+@pytest.mark.exercise("7.2")
 def test_classifier_guidance_in_the_image_sampler(rng):
     # Scale 0 is the unconditional model (CFG at w = 0, the same images); a positive scale moves
     # the images; autoguidance and classifier guidance together are refused.
@@ -295,6 +300,7 @@ def test_classifier_guidance_in_the_image_sampler(rng):
         run(guidance=2.0, classifier=clf, bad=(unet.apply, params, TINY28))
 
 
+@pytest.mark.exercise("7.4")
 def test_the_guidance_interval_from_noise_levels():
     # Kynkaanniemi et al.'s (0.28, 5.42] in the sigma frame, on the linear schedule: the steps
     # just inside have sigma/alpha in the interval and the steps just outside do not.

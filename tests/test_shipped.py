@@ -96,3 +96,40 @@ def test_full_evaluation_of_the_shipped_dit(shipped_dit):
     # class agreement 0.969 (target met).
     assert r["fd"] <= 3.0 * r["fd_real"], r
     assert r["agreement"] >= 0.95, r
+
+
+# ----------------------------------------------------------------------------- chapter 7
+
+@pytest.mark.ch7
+def test_shipped_noise_conditional_classifier_by_noise_level():
+    # 2,000 validation digits per step (never trained on: the classifier saw the first 50,000
+    # training digits). A proportion's standard error is at most sqrt(0.25 / 2000) = 0.011.
+    # At step 0 it must be about as good as the clean evaluator (98.7% on the test digits): at
+    # least 97%. At step 999 (alpha = 0.006, sigma/alpha = 157) the digit is gone: chance, which
+    # is 10% for a guess and 11.4% for always answering the most common class, so below 15%
+    # (more than 3 standard errors above either). Between them accuracy falls with the noise.
+    from minidiff import ddpm, guidance
+
+    params, meta = checkpoint.load(str(images.SHIPPED["noisy_classifier"]))
+    assert meta["model"] == "noisy_classifier"
+    x, y = mnist("validation")
+    acc = guidance.classifier_accuracy_by_step(params, x[:2000], y[:2000], ddpm.schedule("linear"),
+                                               [0, 500, 700, 999], np.random.default_rng(0))
+    assert acc[0] >= 0.97 and acc[999] < 0.15, acc
+    assert acc[0] >= acc[500] >= acc[700] >= acc[999], acc
+    assert abs(acc[0] - meta["accuracy_by_step"]["validation"]["0"]) < 0.02  # the stored number
+
+
+@pytest.mark.ch7
+def test_shipped_autoguidance_model_is_the_weaker_conditional_unet(shipped):
+    # Autoguidance needs a bad model of the same family as the good one, conditional, and
+    # worse: fewer parameters and less training (Karras et al. 2024, sec. 3).
+    from minidiff import nn
+
+    apply, params, cfg, meta = images.load_model(str(images.SHIPPED["unet_small"]))
+    (_, good, good_cfg, good_meta) = shipped[0]
+    assert meta["model"] == good_meta["model"] == "unet"
+    assert cfg.num_classes == good_cfg.num_classes and cfg.resolution == good_cfg.resolution
+    assert nn.tree_size(params) < nn.tree_size(good) / 3
+    seen = lambda m: m["steps"] * m["batch_size"]  # noqa: E731 (images seen in training)
+    assert seen(meta) < seen(good_meta) / 2

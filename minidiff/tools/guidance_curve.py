@@ -10,6 +10,8 @@ against the test digits (reported). The kinds:
 - ``cfg``: classifier-free guidance at scale ``w`` (``w = 0`` unconditional, ``1`` conditional);
 - ``interval``: the same, guiding only where the noise level ``sigma / alpha`` lies in
   Kynkäänniemi et al.'s (2024) interval (0.28, 5.42] (the conditional model elsewhere);
+- ``highnoise``: guiding only at steps 600 to 999 (``sigma / alpha`` above 6.2), where chapter 6
+  found that this network decides the class, and the conditional model below;
 - ``auto``: autoguidance (Karras et al. 2024): the U-Net guided by a small, briefly trained
   U-Net of the same family (``--bad``), both conditional;
 - ``classifier``: classifier guidance (Dhariwal & Nichol 2021) of the unconditional U-Net by the
@@ -37,7 +39,9 @@ SIGMA_INTERVAL = (0.28, 5.42)  # Kynkäänniemi et al. 2024, their EDM2 interval
 POINTS = ([("cfg", w) for w in (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)]
           + [("auto", w) for w in (1.5, 2.0, 3.0, 4.0, 5.0)]
           + [("classifier", s) for s in (1.0, 3.0)]
-          + [("interval", w) for w in (2.0, 3.0, 5.0)])
+          + [("interval", w) for w in (2.0, 3.0, 5.0)]
+          + [("highnoise", w) for w in (2.0, 3.0, 5.0)])
+HIGH_NOISE = (600, 1000)
 
 
 def point_name(kind, w):
@@ -51,6 +55,8 @@ def sample_point(kind, w, model, bad, noisy_classifier, workers, progress=None):
     kw = {}
     if kind == "interval":
         kw["guidance_interval"] = interval_from_ratios(sched, *SIGMA_INTERVAL)
+    elif kind == "highnoise":
+        kw["guidance_interval"] = HIGH_NOISE
     elif kind == "auto":
         kw["bad"] = bad
     elif kind == "classifier":
@@ -81,7 +87,7 @@ def evaluate_point(x, labels, classifier_params):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", default=str(images.SHIPPED["unet"]), help="the guided model")
-    p.add_argument("--bad", default="out/curve/unet_small.npz",
+    p.add_argument("--bad", default=str(images.SHIPPED["unet_small"]),
                    help="autoguidance's weaker model (a U-Net file)")
     p.add_argument("--noisy-classifier", default=str(images.SHIPPED["noisy_classifier"]),
                    help="classifier guidance's noise-conditional classifier")
