@@ -93,6 +93,8 @@ def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10, inter
         t = onp.full(n, i, onp.float32)
         if guidance == 1.0 or (interval is not None and not interval[0] <= i < interval[1]):
             return apply(params, x, t, labels, config)
+        if guidance == 0.0 and bad is None:  # the unconditional model alone: one call, not two
+            return apply(params, x, t, onp.full(n, null_label), config)
         if bad is not None:
             bad_apply, bad_params, bad_config = bad
             return guide(apply(params, x, t, labels, config),

@@ -137,8 +137,20 @@ def test_mnist_refuses_tampered_data(tmp_path):
 
 
 def test_mnist_rejects_bad_split():
-    with pytest.raises(ValueError, match="`split` must be 'train' or 'test'"):
-        datasets.mnist("validation")
+    with pytest.raises(ValueError, match="`split` must be 'train', 'test', 'fit' or 'validation'"):
+        datasets.mnist("val")
+
+
+def test_the_training_split_cut_in_two():
+    # 'fit' and 'validation' are the training split's first 50,000 and last 10,000 digits: no
+    # digit in both, none left out, every class in the validation part.
+    train_x, train_y = datasets.mnist("train")
+    fit_x, fit_y = datasets.mnist("fit")
+    val_x, val_y = datasets.mnist("validation")
+    assert len(fit_x) == datasets.HELD_OUT == 50_000 and len(val_x) == 10_000
+    assert np.array_equal(np.concatenate([fit_x, val_x]), train_x)
+    assert np.array_equal(np.concatenate([fit_y, val_y]), train_y)
+    assert set(np.unique(val_y)) == set(range(10))
 
 
 def test_sample_files_round_trip_and_refuse_bad_content(tmp_path, rng):

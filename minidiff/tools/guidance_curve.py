@@ -94,7 +94,7 @@ def main(argv=None):
     p.add_argument("--classifier", default=str(images.SHIPPED["classifier"]),
                    help="the evaluator")
     p.add_argument("--only", nargs="+", default=None,
-                   help="points to run, e.g. cfg_w2 auto_w3 (default: all)")
+                   help="points to run, in this order, e.g. cfg_w2 auto_w3 (default: all)")
     p.add_argument("--workers", type=int, default=2, help="sampling processes")
     p.add_argument("--samples", default="out/guidance_curve", help="folder of the samples")
     p.add_argument("--out", default="out/guidance_curve.json", help="the table (JSON)")
@@ -102,7 +102,11 @@ def main(argv=None):
 
     apply, params, cfg, meta = images.load_model(args.weights)
     model = (apply, params, cfg, images.model_schedule(meta))
-    points = [(k, w) for k, w in POINTS if args.only is None or point_name(k, w) in args.only]
+    by_name = {point_name(k, w): (k, w) for k, w in POINTS}
+    unknown = sorted(set(args.only or ()) - set(by_name))
+    if unknown:
+        p.error(f"--only: no such point {unknown} (the points: {' '.join(by_name)})")
+    points = [by_name[n] for n in args.only] if args.only else POINTS  # in the order given
     bad = noisy = None
     if any(k == "auto" for k, _ in points):
         b_apply, b_params, b_cfg, _ = images.load_model(args.bad)
