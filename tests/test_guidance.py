@@ -314,3 +314,29 @@ def test_the_guidance_interval_from_noise_levels():
     for bad in [(1.0, 0.5), (-1.0, 2.0)]:
         with pytest.raises(ValueError, match="need 0 <= lo < hi"):
             guidance.interval_from_ratios(sched, *bad)
+
+
+# ----------------------------------------------------------------------------- the shipped curve
+
+def test_the_shipped_guidance_curve_has_what_the_chapter_reads():
+    # data/weights/guidance_curve.json (python -m minidiff.tools.guidance_curve): at least five
+    # scales each of CFG and autoguidance (w = 1, the conditional model, counts for both), every
+    # point scored on the validation and the test digits, with the metrics the notebook plots.
+    import json
+
+    from minidiff.tools import guidance_curve
+
+    table = json.loads((images.WEIGHTS_DIR / "guidance_curve.json").read_text())
+    assert table["protocol"]["n"] == 1000 and table["protocol"]["ddim_steps"] == 50
+    pts = table["points"]
+    kinds = {k: {r["w"] for r in pts.values() if r["kind"] == k}
+             for k in guidance_curve.POINTS_KINDS}
+    assert len(kinds["cfg"]) >= 5 and len(kinds["auto"] | {1.0}) >= 5, kinds
+    assert kinds["classifier"] and kinds["interval"]
+    for name, r in pts.items():
+        for ref in ("validation", "test"):
+            row = r[ref]
+            assert 0 <= row["agreement"] <= 1 and 0 <= row["precision"] <= 1, name
+            assert 0 <= row["recall"] <= 1 and row["fd"] > 0 and row["between"] >= 0, name
+    with pytest.raises(SystemExit):
+        guidance_curve.main(["--only", "cfg_w7"])  # not a point: refused by name

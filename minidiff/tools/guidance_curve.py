@@ -36,12 +36,13 @@ from ..nn.checkpoint import atomic_write
 
 N, STEPS, SEED = 1000, 50, 0
 SIGMA_INTERVAL = (0.28, 5.42)  # Kynkäänniemi et al. 2024, their EDM2 interval (sigma frame)
-POINTS = ([("cfg", w) for w in (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)]
+POINTS = ([("cfg", w) for w in (0.0, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)]
           + [("auto", w) for w in (1.5, 2.0, 3.0, 4.0, 5.0)]
           + [("classifier", s) for s in (1.0, 3.0)]
           + [("interval", w) for w in (2.0, 3.0, 5.0)]
           + [("highnoise", w) for w in (2.0, 3.0, 5.0)])
 HIGH_NOISE = (600, 1000)
+POINTS_KINDS = ("cfg", "interval", "highnoise", "auto", "classifier")
 
 
 def point_name(kind, w):
@@ -84,6 +85,13 @@ def evaluate_point(x, labels, classifier_params):
     return out
 
 
+def _rel(path):
+    """A path as the table records it: relative to the repository when inside it."""
+    root = Path(__file__).resolve().parents[2]
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", default=str(images.SHIPPED["unet"]), help="the guided model")
@@ -100,13 +108,13 @@ def main(argv=None):
     p.add_argument("--out", default="out/guidance_curve.json", help="the table (JSON)")
     args = p.parse_args(argv)
 
-    apply, params, cfg, meta = images.load_model(args.weights)
-    model = (apply, params, cfg, images.model_schedule(meta))
     by_name = {point_name(k, w): (k, w) for k, w in POINTS}
     unknown = sorted(set(args.only or ()) - set(by_name))
     if unknown:
         p.error(f"--only: no such point {unknown} (the points: {' '.join(by_name)})")
     points = [by_name[n] for n in args.only] if args.only else POINTS  # in the order given
+    apply, params, cfg, meta = images.load_model(args.weights)
+    model = (apply, params, cfg, images.model_schedule(meta))
     bad = noisy = None
     if any(k == "auto" for k, _ in points):
         b_apply, b_params, b_cfg, _ = images.load_model(args.bad)
@@ -117,8 +125,8 @@ def main(argv=None):
     folder, out = Path(args.samples), Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     table = json.loads(out.read_text()) if out.exists() else {"points": {}}
-    table.update(protocol={"n": N, "ddim_steps": STEPS, "seed": SEED, "weights": args.weights,
-                           "bad": args.bad, "noisy_classifier": args.noisy_classifier,
+    table.update(protocol={"n": N, "ddim_steps": STEPS, "seed": SEED, "weights": _rel(args.weights),
+                           "bad": _rel(args.bad), "noisy_classifier": _rel(args.noisy_classifier),
                            "interval_sigmas": SIGMA_INTERVAL,
                            "interval_steps": interval_from_ratios(model[3], *SIGMA_INTERVAL)})
     for kind, w in points:
