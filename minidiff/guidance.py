@@ -28,6 +28,8 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.scipy.special import logsumexp
 
+from .targets import eps_from_score
+
 
 def check_interval(interval):
     """A guidance interval ``(lo, hi)`` of step indices with ``0 <= lo <= hi``, or None."""
@@ -230,7 +232,7 @@ def classifier_guided_eps(eps_uncond, grad_log_prob, sigma_of, labels, scale):
         # BEGIN EXERCISE 7.2: classifier guidance in noise form, eps_u - s sigma_i grad log p(c | x)
         #   (Dhariwal & Nichol 2021, eq. (14)); notebook 07, section 5
         g = grad_log_prob(x, onp.full(len(x), i, x.dtype), labels)
-        return eps - scale * float(sigma_of(i)) * g
+        return eps + scale * eps_from_score(g, float(sigma_of(i)))
         # END EXERCISE
     return eps_fn
 
