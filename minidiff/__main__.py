@@ -4,7 +4,7 @@ An error is one line on stderr and exit status 2 (``--debug`` shows the tracebac
 Outputs go under ``out/`` unless ``--out`` names a file; an existing file is replaced only with
 ``--overwrite``, so the shipped files in ``data/`` change only when named and asked for.
 """
-# line budget: 330 -- argparse declares some forty-five options, one call and a help text each; the
+# line budget: 365 -- argparse declares some fifty options, one call and a help text each; the
 # command functions only check arguments, call the package and print.
 
 import argparse
@@ -19,8 +19,9 @@ DESCRIPTION = """\
 minidiff: score-based diffusion models from scratch in NumPy and autograd.
 
   demo       every chapter's headline experiment (figures in out/)
-  train      train a U-Net, a DiT, the evaluator or the noisy classifier on MNIST (resumable)
-  sample     sample digits from a model file (or the ideal denoiser) into an .npz
+  train      train a U-Net, a DiT, the evaluator, the noisy classifier, or chapter 8's
+             autoencoder, text encoder and latent model on MNIST
+  sample     sample digits from a model file (or the ideal denoiser, or a --prompt) into an .npz
   evaluate   FD-MNIST, its real-vs-real baseline and class agreement of an .npz of samples
   sweep      the DiT scaling sweep of chapter 9 (FD-MNIST against Gflops)
 
@@ -98,6 +99,8 @@ def cmd_train(args):
     out = _output(args.out or default_out, args.overwrite, args.out is None)
     if args.model in ("classifier", "noisy-classifier"):
         return _train_classifier(args, out)
+    if args.model in ("vae", "clip", "ldm"):
+        return _train_latent(args, out)
     if args.model == "dit":
         from .models import dit as arch
         cfg = arch.DiTConfig(patch=args.patch, width=args.width, depth=args.depth,
@@ -173,6 +176,23 @@ def _train_classifier(args, out):
     return 0
 
 
+def _train_latent(args, out):
+    """Chapter 8's three networks: the autoencoder, the text encoder, the latent model."""
+    from . import latent, text_encoder
+    from .nn.memory import keep_freed_memory
+
+    keep_freed_memory()
+    command = {"vae": latent.train_vae_command, "clip": text_encoder.train_command,
+               "ldm": latent.train_ldm_command}[args.model]
+    kw = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    if args.model == "ldm":
+        kw.update(workers=args.workers, vae=Path(args.vae), text_encoder=Path(args.text_encoder))
+    t0 = time.perf_counter()
+    report = command(out, **kw, extra=_provenance())
+    print(f"{args.model}: {report} ({(time.perf_counter() - t0) / 60:.1f} min) -> {out}")
+    return 0
+
+
 def cmd_sweep(args):
     from . import images
     from .datasets import mnist
@@ -204,6 +224,8 @@ def cmd_sample(args):
     from . import datasets, images
     from .nn.memory import keep_freed_memory
 
+    if args.prompt:
+        return _sample_prompts(args)
     if args.n % 10:
         raise UsageError(f"--n must be a multiple of 10, the same number of images for each "
                          f"class (got {args.n})")
@@ -231,6 +253,22 @@ def cmd_sample(args):
     where = "" if interval is None else f" at steps {interval[0]} <= i < {interval[1]}"
     print(f"{len(labels)} samples ({args.steps} DDIM steps, guidance {args.guidance}{where}) in "
           f"{time.perf_counter() - t0:.0f} s -> {out}")
+    return 0
+
+
+def _sample_prompts(args):
+    """Chapter 8: ``--n`` digits for each ``--prompt`` from the latent model; a grid beside."""
+    from . import latent
+    from .images import SHIPPED
+
+    out = _output(args.out, args.overwrite)
+    weights = SHIPPED["ldm"] if args.weights == str(SHIPPED["unet"]) else args.weights
+    t0 = time.perf_counter()
+    grid = latent.sample_command(out, weights, args.prompt, args.n, args.steps, args.guidance,
+                                 args.seed)
+    print(f"{args.n * len(args.prompt)} samples of {len(args.prompt)} prompt(s) ({args.steps} "
+          f"DDIM steps, guidance {args.guidance}) in {time.perf_counter() - t0:.0f} s -> {out}, "
+          f"{grid}")
     return 0
 
 
@@ -286,8 +324,10 @@ def parser():
     demo.add_argument("--seed", type=count, default=0, help="random seed")
 
     tr = sub.add_parser("train", help="train an image model on MNIST (resumable)", **fmt)
-    tr.add_argument("model", choices=["unet", "dit", "classifier", "noisy-classifier"],
-                    help="what to train (noisy-classifier: chapter 7's p_t(c | x_t))")
+    tr.add_argument("model", choices=["unet", "dit", "classifier", "noisy-classifier", "vae",
+                                      "clip", "ldm"],
+                    help="what to train (noisy-classifier: chapter 7's p_t(c | x_t); vae, clip, "
+                         "ldm: chapter 8's autoencoder, text encoder and latent model)")
     tr.add_argument("--steps", type=positive_int, default=1600, help="total optimiser steps")
     tr.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
     tr.add_argument("--lr", type=positive, default=1e-3, help="peak Adam learning rate")
@@ -320,6 +360,9 @@ def parser():
     tr.add_argument("--conditioning", default="adaln_zero",
                     choices=["adaln_zero", "cross_attention", "in_context"],
                     help="DiT conditioning")
+    tr.add_argument("--vae", default=str(SHIPPED["vae"]), help="ldm: the frozen autoencoder")
+    tr.add_argument("--text-encoder", default=str(SHIPPED["clip"]),
+                    help="ldm: the frozen text encoder")
     tr.add_argument("--out", default=None, help="weights file (default out/<model>_mnist.npz)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     tr.add_argument("--checkpoint", default=None,
@@ -360,6 +403,9 @@ def parser():
     sa.add_argument("--ideal", action="store_true",
                     help="sample the ideal denoiser of the 60,000 training digits (the exact "
                          "posterior mean; models/ideal.py) instead of --weights: the yardstick")
+    sa.add_argument("--prompt", nargs="+", default=None, metavar="TEXT",
+                    help="chapter 8: caption(s) for the latent model (--weights defaults to it); "
+                         "--n images each, e.g. --prompt \"a bold seven leaning right\"")
     sa.add_argument("--out", required=True, help="samples file (.npz)")
     sa.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 

@@ -77,3 +77,19 @@ def save(fig, path, dpi=80):
     """Save a figure (PNG, small) and close it."""
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+
+
+def prompt_rows(images, prompts, per_prompt=None):
+    """Chapter 8: one row of ``per_prompt`` samples per prompt, the prompt at its left; ``images``
+    ``(len(prompts) * per_prompt, [1,] H, W)`` in prompt order. Returns the figure."""
+    per_prompt = per_prompt or len(images) // len(prompts)
+    h, w = onp.shape(images)[-2:]
+    imgs = onp.asarray(images).reshape(len(prompts), per_prompt, h, w)
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(0.5 * per_prompt + 2.5,
+                                                       0.55 * len(prompts) + 0.2), squeeze=False)
+    for ax, row, prompt in zip(axes[:, 0], imgs, prompts, strict=True):
+        ax.imshow(row.transpose(1, 0, 2).reshape(h, per_prompt * w), cmap="gray", vmin=-1, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(prompt, rotation=0, ha="right", va="center", fontsize=8)
+    return fig

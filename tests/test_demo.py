@@ -6,15 +6,16 @@ from minidiff import demo
 from minidiff.__main__ import main
 
 
-@pytest.mark.exercise("1.1", "1.3", "9.1", "9.2", "9.3", "9.4")  # the demos of chapters 1 and 9
+@pytest.mark.exercise("1.1", "1.3", "8.1", "9.1", "9.2", "9.3", "9.4")  # chapters 1, 8 and 9
 def test_demo_runs_fast_and_reports_what_it_measured(tmp_path, capsys):
     assert main(["demo", "--fast", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "weight of the heavy mode" in printed and "relative score error" in printed
     assert {p.name for p in tmp_path.iterdir()} >= {"01_langevin_weights.png", "01_ncsn_gmm8.png",
-                                                    "06_unet_samples.png",
+                                                    "06_unet_samples.png", "08_prompts.png",
                                                     "09_dit_samples.png"}
     assert "U-Net: 20 samples" in printed and "DiT: 20 samples" in printed
+    assert "24 samples of 6 prompts" in printed
     assert "demo took" in printed
 
 

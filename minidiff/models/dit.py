@@ -13,6 +13,15 @@ Conditioning (their sec. 3.2, fig. 3), a switch here:
 - ``"cross_attention"``: the tokens attend to the two-token sequence ``[t_emb, y_emb]``;
 - ``"in_context"``: ``t_emb`` and ``y_emb`` are appended to the sequence as two extra tokens.
 
+**Text (chapter 8)**, PixArt-alpha's placement (Chen et al. 2024, sec. 2.3 and fig. 4): with
+``context_dim`` set, every adaLN-Zero block gets a cross-attention layer between its self-attention
+and its MLP, queries from the image tokens, keys and values from the text encoder's token states
+(``unet.cross_attention``, the same layer as Stable Diffusion's), added to the residual stream
+without a norm or a gate, as PixArt's code does; its output projection is zero-initialised so the
+block still starts as the identity. ``y`` is then a text context (``unet.check_context``).
+PixArt also shares one adaLN regression across blocks ("adaLN-single"); minidiff keeps DiT's
+per-block one.
+
 Layer norms have no affine parameters (the modulation plays that role); the final layer is an
 adaptive norm plus a zero-initialised linear, so the untrained model outputs zeros. GELU and the
 modulated layer norm are fused primitives of ``minidiff.nn`` (their VJPs are written out there).
@@ -28,6 +37,7 @@ import numpy as onp
 from ..nn import gelu, init_linear, linear, modulated_layer_norm, silu, sinusoidal_embedding
 from ..nn.attention import attention
 from . import check_images, labels_or_null
+from .unet import check_context, cross_attention
 
 CONDITIONINGS = ("adaln_zero", "cross_attention", "in_context")
 
@@ -44,6 +54,8 @@ class DiTConfig:
     num_classes: int | None = 10
     conditioning: str = "adaln_zero"
     use_pos_embed: bool = True
+    context_dim: int | None = None  # chapter 8: PixArt-alpha's cross-attention to text
+
 
     def __post_init__(self):
         if self.resolution % self.patch:
@@ -57,6 +69,9 @@ class DiTConfig:
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"`conditioning` must be one of {CONDITIONINGS} "
                              f"(got {self.conditioning!r})")
+        if self.context_dim is not None and self.conditioning != "adaln_zero":
+            raise ValueError("text cross-attention (`context_dim`) goes into adaLN-Zero blocks, "
+                             f"as PixArt-alpha's (got conditioning={self.conditioning!r})")
 
     @property
     def tokens(self):
@@ -147,19 +162,29 @@ def _block_init(rng, cfg, dtype):
                  "fc2": init_linear(rng, cfg.mlp_ratio * d, d, dtype)}}
     if cfg.conditioning == "adaln_zero":
         p["ada"] = init_linear(rng, d, 6 * d, dtype, zero=True)  # adaLN-Zero: gates start at 0
+    if cfg.context_dim is not None:
+        p["text"] = {"q": init_linear(rng, d, d, dtype),
+                     "kv": init_linear(rng, cfg.context_dim, 2 * d, dtype),
+                     "proj": init_linear(rng, d, d, dtype, zero=True)}
     if cfg.conditioning == "cross_attention":
         p["cross"] = {"q": init_linear(rng, d, d, dtype), "kv": init_linear(rng, d, 2 * d, dtype),
                       "proj": init_linear(rng, d, d, dtype, zero=True)}
     return p
 
 
-def _block(p, x, c, cond_tokens, cfg):
+def _block(p, x, c, cond_tokens, cfg, text=None):
     """One DiT block. adaLN-Zero (Peebles & Xie 2023, sec. 3.2):
-    ``x = x + gate_a * attn(LN(x) (1 + scale_a) + shift_a)``, the same for the MLP."""
+    ``x = x + gate_a * attn(LN(x) (1 + scale_a) + shift_a)``, the same for the MLP; with a text
+    ``(context, mask)``, PixArt-alpha's ``x = x + cross_attn(x, text)`` between the two."""
     if cfg.conditioning == "adaln_zero":
         mods = np.split(linear(p["ada"], silu(c))[:, None, :], 6, axis=2)  # 6 x (N, 1, D)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
         x = x + gate_a * _self(p["attn"], modulated_layer_norm(x, shift_a, scale_a), cfg.heads)
+        if text is not None:
+            n, seq, d = x.shape
+            o = cross_attention(p["text"], x, text[0], text[1], cfg.heads)  # (N, T, D)
+            x = x + np.reshape(linear(p["text"]["proj"], np.reshape(o, (n * seq, d))),
+                               (n, seq, d))
         return x + gate_m * _mlp(p["mlp"], modulated_layer_norm(x, shift_m, scale_m))
     x = x + _self(p["attn"], layer_norm(x), cfg.heads)
     if cfg.conditioning == "cross_attention":
@@ -190,13 +215,17 @@ def init(rng, config=DiTConfig(), dtype=onp.float32):
 
 def apply(params, x, t, y=None, config=DiTConfig()):
     """``x: (N, C, H, W)``, ``t: (N,)`` or scalar, ``y: (N,)`` labels (``num_classes`` = null;
-    ``None``: all null) -> ``(N, C, H, W)``."""
+    ``None``: all null), or with ``context_dim`` a text context -> ``(N, C, H, W)``."""
     cfg = config
     n = x.shape[0]
     t = check_images(x, t, cfg)
     t_emb = linear(params["time2"], silu(linear(params["time1"],
                                                 sinusoidal_embedding(t, 256, dtype=x.dtype))))
-    if cfg.num_classes is not None:
+    text = None
+    if cfg.context_dim is not None:
+        text = check_context(y, n, cfg.context_dim)
+        y_emb = 0.0 * t_emb
+    elif cfg.num_classes is not None:
         y = labels_or_null(y, n, cfg.num_classes)
         y_emb = params["class_emb"][y]
     else:
@@ -210,7 +239,7 @@ def apply(params, x, t, y=None, config=DiTConfig()):
     if cfg.conditioning == "in_context":
         tokens = np.concatenate([tokens, cond_tokens], axis=1)  # two extra tokens
     for blk in params["blocks"]:
-        tokens = _block(blk, tokens, c, cond_tokens, cfg)
+        tokens = _block(blk, tokens, c, cond_tokens, cfg, text)
     if cfg.conditioning == "in_context":
         tokens = tokens[:, :cfg.tokens]
     shift, scale = np.split(linear(params["final_ada"], silu(c))[:, None, :], 2, axis=2)

@@ -18,6 +18,18 @@ The timestep enters as a sinusoidal embedding, an MLP, and — with AdaGN — a 
 ``num_classes`` is the null label used by classifier-free guidance, chapter 7). The final
 convolution is zero-initialised, so an untrained network outputs exactly zero.
 
+**Text (chapter 8).** With ``context_dim`` set, every attention block becomes Stable Diffusion's
+transformer block (Rombach et al. 2022, sec. 3.3 and their ``SpatialTransformer``): GroupNorm, a
+linear map into tokens, then self-attention, *cross-attention* and an MLP, each pre-norm and
+residual, and a zero-initialised linear map back. Cross-attention takes its queries from the
+image tokens and its keys and values from the frozen text encoder's token states (their eq. (3),
+``softmax(Q K^T / sqrt(d)) V`` with ``Q = W_Q phi(z_t)``, ``K = W_K tau(y)``, ``V = W_V tau(y)``),
+with the caption's padding masked. ``y`` is then ``{"context": (N, S, context_dim), "mask":
+(N, S) bool}``. Stable Diffusion 1.x has no class embedding: ``num_classes=None``.
+
+The resolution need not be a power of two: a stride-2 convolution takes 7 x 7 to 4 x 4, and the
+decoder's nearest up-sampling (to 8 x 8) is cropped back to its skip connection's size.
+
 ``params = init(rng, config)``; ``apply(params, x, t, y, config) -> (N, C, H, W)``.
 """
 
@@ -27,7 +39,7 @@ import math
 import autograd.numpy as np
 import numpy as onp
 
-from ..nn import init_linear, linear, silu, sinusoidal_embedding
+from ..nn import gelu, init_linear, linear, modulated_layer_norm, silu, sinusoidal_embedding
 from ..nn.attention import attention
 from ..nn.conv import avg_pool2, conv2d, group_norm_act, upsample_nearest
 from . import check_images, labels_or_null
@@ -50,6 +62,7 @@ class UNetConfig:
     resblock_updown: bool = False
     rescale_skip: bool = True
     adagn: bool = True
+    context_dim: int | None = None  # chapter 8: cross-attention to text token states
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -62,10 +75,10 @@ class UNetConfig:
             if c % self.groups:
                 raise ValueError(f"every entry of `channels` must be divisible by `groups` = "
                                  f"{self.groups} (got {c}): GroupNorm splits channels evenly")
-        if self.resolution % 2 ** (levels - 1):
-            raise ValueError(f"`resolution` {self.resolution} must be divisible by "
-                             f"2^(levels - 1) = {2 ** (levels - 1)} to down-sample "
-                             f"{levels - 1} times")
+        if self.resblock_updown and self.resolution % 2 ** (levels - 1):
+            raise ValueError(f"with `resblock_updown`, `resolution` {self.resolution} must be "
+                             f"divisible by 2^(levels - 1) = {2 ** (levels - 1)}: its average "
+                             "pooling halves every size exactly")
         for lv in self.attention_levels:
             if not 0 <= lv < levels:
                 raise ValueError(f"attention level {lv} is not one of the {levels} levels")
@@ -161,7 +174,96 @@ def _attn_block(p, x, cfg):
     return x + np.transpose(np.reshape(o, (n, hgt, wid, c)), (0, 3, 1, 2))
 
 
+def _ln_init(c, dtype):
+    return {"shift": onp.zeros(c, dtype), "scale": onp.zeros(c, dtype)}
+
+
+def _transformer_init(rng, c, context_dim, dtype):
+    return {"norm": _norm_init(c, dtype), "proj_in": init_linear(rng, c, c, dtype),
+            "ln1": _ln_init(c, dtype), "qkv": init_linear(rng, c, 3 * c, dtype),
+            "proj1": init_linear(rng, c, c, dtype),
+            "ln2": _ln_init(c, dtype), "q": init_linear(rng, c, c, dtype),
+            "kv": init_linear(rng, context_dim, 2 * c, dtype),
+            "proj2": init_linear(rng, c, c, dtype),
+            "ln3": _ln_init(c, dtype), "fc1": init_linear(rng, c, 4 * c, dtype),
+            "fc2": init_linear(rng, 4 * c, c, dtype),
+            "proj_out": init_linear(rng, c, c, dtype, zero=True)}
+
+
+def _heads(z, n, length, heads):  # (N*length, C) -> (N*heads, length, C/heads)
+    d = z.shape[1] // heads
+    return np.reshape(np.transpose(np.reshape(z, (n, length, heads, d)), (0, 2, 1, 3)),
+                      (n * heads, length, d))
+
+
+def _merge(o, n, length, heads):  # (N*heads, length, d) -> (N*length, heads*d)
+    d = o.shape[2]
+    return np.reshape(np.transpose(np.reshape(o, (n, heads, length, d)), (0, 2, 1, 3)),
+                      (n * length, heads * d))
+
+
+def cross_attention(p, tokens, context, mask, heads):
+    """Queries from ``tokens: (N, L, C)``, keys and values from ``context: (N, S, Dc)`` with the
+    key padding ``mask: (N, S)`` (Rombach et al. 2022, eq. (3)) -> ``(N, L, C)``, before the
+    output projection. An all-False mask (an empty context) gives zeros."""
+    n, length, c = tokens.shape
+    s = context.shape[1]
+    # BEGIN EXERCISE 8.1: cross-attention: queries from the image, keys and values from the text
+    #   (Rombach et al. 2022, eq. (3)); notebook 08, section 4
+    q = linear(p["q"], np.reshape(tokens, (n * length, c)))  # (N*L, C)
+    k, v = np.split(linear(p["kv"], np.reshape(context, (n * s, context.shape[2]))), 2, axis=1)
+    o = attention(_heads(q, n, length, heads), _heads(k, n, s, heads), _heads(v, n, s, heads),
+                  mask=onp.repeat(mask, heads, axis=0))  # (N*heads, L, C/heads)
+    # END EXERCISE
+    return np.reshape(_merge(o, n, length, heads), (n, length, c))
+
+
+def _transformer_block(p, x, context, mask, cfg):
+    """Stable Diffusion's spatial transformer: ``x + proj_out(T(proj_in(GN(x))))`` where ``T`` is
+    self-attention, cross-attention to ``context`` and an MLP, each ``h + f(LN(h))``."""
+    n, c, hgt, wid = x.shape
+    length, heads = hgt * wid, c // cfg.head_channels
+    h = _norm_act(p["norm"], x, cfg.groups, act=False)
+    h = np.reshape(linear(p["proj_in"], np.reshape(np.transpose(h, (0, 2, 3, 1)),
+                                                   (n * length, c))), (n, length, c))
+
+    def ln(q, z):
+        return modulated_layer_norm(z, q["shift"], q["scale"])
+    z = np.reshape(ln(p["ln1"], h), (n * length, c))
+    qh, kh, vh = (_heads(a, n, length, heads) for a in np.split(linear(p["qkv"], z), 3, axis=1))
+    h = h + np.reshape(linear(p["proj1"], _merge(attention(qh, kh, vh), n, length, heads)),
+                       (n, length, c))
+    o = cross_attention(p, ln(p["ln2"], h), context, mask, heads)
+    h = h + np.reshape(linear(p["proj2"], np.reshape(o, (n * length, c))), (n, length, c))
+    z = np.reshape(ln(p["ln3"], h), (n * length, c))
+    h = h + np.reshape(linear(p["fc2"], gelu(linear(p["fc1"], z))), (n, length, c))
+    out = linear(p["proj_out"], np.reshape(h, (n * length, c)))  # (N*L, C)
+    return x + np.transpose(np.reshape(out, (n, hgt, wid, c)), (0, 3, 1, 2))
+
+
+def check_context(y, n, context_dim):
+    """A text context ``{"context": (n, S, context_dim), "mask": (n, S) bool}``; ``None`` is the
+    empty context (one masked position: cross-attention contributes nothing)."""
+    if y is None:
+        return onp.zeros((n, 1, context_dim), onp.float32), onp.zeros((n, 1), bool)
+    ok = isinstance(y, dict) and set(y) == {"context", "mask"}
+    if ok:
+        ctx, mask = y["context"], onp.asarray(y["mask"])
+        ok = (np.ndim(ctx) == 3 and ctx.shape[0] == n and ctx.shape[2] == context_dim
+              and mask.dtype == bool and mask.shape == ctx.shape[:2])
+    if not ok:
+        raise ValueError(f"`y` must be a text context {{'context': (N={n}, S, {context_dim}), "
+                         f"'mask': (N, S) bool}} for a model with `context_dim` = {context_dim} "
+                         f"(got {type(y).__name__})")
+    return ctx, mask
+
+
 # ----------------------------------------------------------------------------- the U-Net
+
+def _attention_init(rng, c, cfg, dtype):
+    return _attn_init(rng, c, dtype) if cfg.context_dim is None else \
+        _transformer_init(rng, c, cfg.context_dim, dtype)
+
 
 def init(rng, config=UNetConfig(), dtype=onp.float32):
     cfg, ch0, emb = config, config.channels[0], config.emb_dim
@@ -178,14 +280,15 @@ def init(rng, config=UNetConfig(), dtype=onp.float32):
             blk = {"res": _res_init(rng, c, c_out, emb, cfg, dtype)}
             c = c_out
             if lv in cfg.attention_levels:
-                blk["attn"] = _attn_init(rng, c, dtype)
+                blk["attn"] = _attention_init(rng, c, cfg, dtype)
             p["down"].append(blk)
             skips.append(c)
         if lv != last:
             p["down"].append({"downsample": _res_init(rng, c, c, emb, cfg, dtype)
                               if cfg.resblock_updown else _conv_init(rng, c, c, 3, dtype)})
             skips.append(c)
-    p["mid"] = {"res1": _res_init(rng, c, c, emb, cfg, dtype), "attn": _attn_init(rng, c, dtype),
+    p["mid"] = {"res1": _res_init(rng, c, c, emb, cfg, dtype),
+                "attn": _attention_init(rng, c, cfg, dtype),
                 "res2": _res_init(rng, c, c, emb, cfg, dtype)}
     for lv in reversed(range(len(cfg.channels))):
         c_out = cfg.channels[lv]
@@ -193,7 +296,7 @@ def init(rng, config=UNetConfig(), dtype=onp.float32):
             blk = {"res": _res_init(rng, c + skips.pop(), c_out, emb, cfg, dtype)}
             c = c_out
             if lv in cfg.attention_levels:
-                blk["attn"] = _attn_init(rng, c, dtype)
+                blk["attn"] = _attention_init(rng, c, cfg, dtype)
             if lv != 0 and i == cfg.num_res_blocks:
                 blk["upsample"] = _res_init(rng, c, c, emb, cfg, dtype) if cfg.resblock_updown \
                     else _conv_init(rng, c, c, 3, dtype)
@@ -206,16 +309,24 @@ def init(rng, config=UNetConfig(), dtype=onp.float32):
 def apply(params, x, t, y=None, config=UNetConfig()):
     """``x: (N, C, H, W)``, ``t: (N,)`` (or a scalar; the DDPM step index or any real time),
     ``y: (N,)`` int labels in ``0 .. num_classes`` (``num_classes`` = the null label; ``None``
-    means all null) -> ``(N, C, H, W)``."""
+    means all null), or with ``context_dim`` a text context (``check_context``; ``None`` = empty)
+    -> ``(N, C, H, W)``."""
     cfg = config
     n = x.shape[0]
     t = check_images(x, t, cfg)
     emb = linear(params["time2"], silu(linear(params["time1"], sinusoidal_embedding(
         t, cfg.channels[0], dtype=x.dtype))))  # (N, emb)
-    if cfg.num_classes is not None:
+    if cfg.context_dim is not None:
+        context, mask = check_context(y, n, cfg.context_dim)
+        context = context.astype(x.dtype) if isinstance(context, onp.ndarray) else context
+    elif cfg.num_classes is not None:
         y = labels_or_null(y, n, cfg.num_classes)
         emb = emb + params["class_emb"][y]
     emb = silu(emb)  # every block's embedding projection starts with SiLU (ADM)
+
+    def attend(p, h):
+        return _attn_block(p, h, cfg) if cfg.context_dim is None else \
+            _transformer_block(p, h, context, mask, cfg)
 
     h = conv2d(x, params["conv_in"]["w"], params["conv_in"]["b"], padding=1)
     hs = [h]
@@ -227,16 +338,19 @@ def apply(params, x, t, y=None, config=UNetConfig()):
         else:
             h = _res_block(blk["res"], h, emb, cfg)
             if "attn" in blk:
-                h = _attn_block(blk["attn"], h, cfg)
+                h = attend(blk["attn"], h)
         hs.append(h)
     h = _res_block(params["mid"]["res1"], h, emb, cfg)
-    h = _attn_block(params["mid"]["attn"], h, cfg)
+    h = attend(params["mid"]["attn"], h)
     h = _res_block(params["mid"]["res2"], h, emb, cfg)
     for blk in params["up"]:
-        h = np.concatenate([h, hs.pop()], axis=1)  # skip connection by concatenation
+        skip = hs.pop()
+        if h.shape[2] != skip.shape[2]:  # an odd size was rounded up going down (7 -> 4 -> 8)
+            h = h[:, :, :skip.shape[2], :skip.shape[3]]
+        h = np.concatenate([h, skip], axis=1)  # skip connection by concatenation
         h = _res_block(blk["res"], h, emb, cfg)
         if "attn" in blk:
-            h = _attn_block(blk["attn"], h, cfg)
+            h = attend(blk["attn"], h)
         if "upsample" in blk:
             u = blk["upsample"]
             h = _res_block(u, h, emb, cfg, "up") if cfg.resblock_updown else \
