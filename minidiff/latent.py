@@ -316,12 +316,17 @@ def train_ldm_command(out, steps, batch_size, lr, seed, extra, workers, vae, tex
     text_params, text_cfg, thresholds = load_text_encoder(text_file)
     data = CaptionedDigits(*mnist("fit"), thresholds)
     cfg = ldm_config()
-    state = train.init_state(unet.init(onp.random.default_rng(seed), cfg), seed)
     ckpt = out.with_name(out.stem + ".train.npz")
+    run = {"model": "ldm", "batch_size": batch_size, "lr": lr, "seed": seed,
+           "vae": _relative(vae_file), "text_encoder": _relative(text_file)}
+    state, resumed = train.resume_or_init(ckpt, run, lambda: train.init_state(
+        unet.init(onp.random.default_rng(seed), cfg), seed))
+    if resumed:
+        print(f"resuming from {ckpt} at step {state.step}")
     t0 = time.perf_counter()
     state, losses = train_ldm(state, vae_params, scale, text_params, text_cfg, data, steps,
                               batch_size, lr, cooldown=steps // 5, workers=workers,
-                              checkpoint_path=ckpt, run={"steps": steps, "seed": seed})
+                              checkpoint_path=ckpt, run=run)
     seconds = time.perf_counter() - t0
     checkpoint.save(out, state.ema, model="ldm", config=cfg.to_dict(), target="eps",
                     schedule={"name": "linear", "T": 1000}, vae=_relative(vae_file),

@@ -9,8 +9,8 @@ model samples each prompt at each guidance scale (50 DDIM steps, seed 0) and the
 FD-MNIST (``metrics.evaluate_samples`` against that split), class agreement and attribute
 adherence (``latent.adherence``), and the sampling time. Beside them:
 
-- **floor**: the same model asked for the class alone (``latent.class_only``), scored against
-  the bins the full prompts asked for;
+- **floor**: the same model asked for the class alone (``latent.class_only``) at the same
+  guidance scales, scored against the bins the full prompts asked for;
 - **ceiling**: the prompts' own digits, and their VAE reconstructions (what a perfect latent
   model could reach through this decoder);
 - **compute**: multiply-adds per forward pass (``tools.flops``) and the measured training-step
@@ -29,17 +29,16 @@ import numpy as onp
 CACHE = Path("out/latent_eval")
 
 
-def _samples(models, prompts, w, tag, steps, seed):
+def _samples(models, prompts, w, path, steps, seed=0):
     from minidiff import latent
 
-    path = CACHE / f"{tag}_w{w:g}.npz"
     if path.exists():
         with onp.load(path, allow_pickle=False) as f:
             return f["x"], float(f["seconds"])
     t0 = time.perf_counter()
     x = latent.sample(models, prompts, onp.random.default_rng(seed), steps=steps, guidance=w)
     seconds = time.perf_counter() - t0
-    CACHE.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onp.savez(path, x=x, seconds=seconds)
     return x, seconds
 
@@ -96,7 +95,6 @@ def _first(y, n):
 
 def main(argv=None):
     from minidiff import latent, text_encoder
-    from minidiff.datasets import mnist
     from minidiff.images import SHIPPED, load_classifier
     from minidiff.nn.memory import keep_freed_memory
 
@@ -105,39 +103,45 @@ def main(argv=None):
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
     ap.add_argument("--split", nargs="+", default=["validation", "test"],
                     choices=["validation", "test"])
-    ap.add_argument("--floor-guidance", type=float, default=3.0,
-                    help="guidance scale of the class-only floor")
+    ap.add_argument("--floor-guidance", type=float, nargs="+", default=[1.0, 2.0],
+                    help="guidance scales of the class-only floor")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    ap.add_argument("--per-class", type=int, default=100, help="prompts per class")
+    ap.add_argument("--cache", default=str(CACHE), help="folder of the cached samples")
     ap.add_argument("--out", default="out/ldm_eval.json", help="the table (JSON)")
     args = ap.parse_args(argv)
     keep_freed_memory()
     models = latent.load_models(args.ldm)
     _, _, thresholds = text_encoder.load_text_encoder(SHIPPED["clip"])
     clf = load_classifier(SHIPPED["classifier"])
-    table = {"guidance": {}, "floor": {}, "ceiling": {}, "steps": args.steps, "n_per_class": 100}
+    table = {"guidance": {}, "floor": {}, "ceiling": {}, "steps": args.steps,
+             "n_per_class": args.per_class, "ldm": args.ldm}
+    cache = Path(args.cache)
     for split in args.split:
-        prompts, digits, labels = latent.evaluation_prompts(thresholds, split=split)
+        prompts, digits, labels = latent.evaluation_prompts(thresholds, args.per_class,
+                                                            split=split)
         table["guidance"][split] = {}
         for w in args.guidance:
-            x, seconds = _samples(models, prompts, w, split, args.steps, 0)
+            x, seconds = _samples(models, prompts, w, cache / f"{split}_w{w:g}.npz", args.steps)
             table["guidance"][split][f"{w:g}"] = {**_score(x, prompts, labels, thresholds, clf,
                                                            split), "sample_seconds": seconds}
             print(split, w, json.dumps(table["guidance"][split][f"{w:g}"]), flush=True)
-        x, _ = _samples(models, latent.class_only(prompts), args.floor_guidance,
-                        f"{split}_classonly", args.steps, 0)
-        table["floor"][split] = {"guidance": args.floor_guidance,
-                                 **_score(x, prompts, labels, thresholds, clf, split)}
+        table["floor"][split] = {}
+        for w in args.floor_guidance:
+            x, _ = _samples(models, latent.class_only(prompts), w,
+                            cache / f"{split}_classonly_w{w:g}.npz", args.steps)
+            table["floor"][split][f"{w:g}"] = _score(x, prompts, labels, thresholds, clf, split)
         recon = latent.decode(models["vae"][0], latent.encode(models["vae"][0], digits))
         table["ceiling"][split] = {"digits": latent.adherence(digits, prompts, thresholds, clf),
                                    "reconstructions": latent.adherence(recon, prompts,
                                                                        thresholds, clf)}
         print(split, "floor", json.dumps(table["floor"][split]), "ceiling",
               json.dumps(table["ceiling"][split]), flush=True)
-    table["compute"] = step_times()
+    table["compute"] = step_times(repeats=1 if args.per_class < 10 else 5)
     print("compute", json.dumps(table["compute"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
-    print(f"-> {args.out}; mnist test digits: {len(mnist('test')[1])}")
+    print(f"-> {args.out}")
     return 0
 
 
