@@ -57,7 +57,12 @@ def test_bad_configurations_are_named():
     with pytest.raises(ValueError, match="divisible by `groups`"):
         unet.UNetConfig(channels=(30, 64), groups=8)
     with pytest.raises(ValueError, match="must be divisible by 2\\^\\(levels - 1\\) = 4"):
-        unet.UNetConfig(resolution=30, channels=(32, 64, 64))
+        unet.UNetConfig(resolution=30, channels=(32, 64, 64), resblock_updown=True)
+    # without resblock_updown an odd size is fine: 15 -> 8 going down, 16 cropped to 15 coming up
+    odd = unet.UNetConfig(resolution=15, channels=(8, 8), attention_levels=(), head_channels=8,
+                          num_classes=None)
+    assert unet.apply(unet.init(np.random.default_rng(0), odd), np.zeros((1, 1, 15, 15)), 0.0,
+                      None, odd).shape == (1, 1, 15, 15)
     with pytest.raises(ValueError, match="head_channels"):
         unet.UNetConfig(channels=(32, 48, 48), head_channels=32)
     with pytest.raises(ValueError, match=r"`x` must have shape \(N, 1, 8, 8\)"):
