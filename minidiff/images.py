@@ -302,12 +302,9 @@ def load_classifier(path, kind="classifier"):
     ``kind="noisy_classifier"``, chapter 7's noise-conditional classifier from ``train
     noisy-classifier``); any other model file is refused by name (its parameters would not fit
     ``models/classifier.py``)."""
-    params, meta = checkpoint.load(path)
-    if meta.get("model") != kind:
-        command = kind.replace("_", "-")
-        raise ValueError(f"{path!s} holds a model of kind {meta.get('model')!r}, not the MNIST "
-                         f"{command.replace('-', ' ')} (`python -m minidiff train {command}` "
-                         "writes one)")
+    command = kind.replace("_", "-")
+    params, _ = checkpoint.load_kind(path, kind, f"the MNIST {command.replace('-', ' ')}",
+                                     f"train {command}")
     return params
 
 

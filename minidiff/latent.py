@@ -129,17 +129,13 @@ def train_vae_command(out, steps, batch_size, lr, seed, extra):
             f"{rep['test']['psnr_db']:.2f} dB, agreement {100 * rep['test']['agreement']:.1f}%")
 
 
-
 # ----------------------------------------------------------------------------- the latent model
 
 def load_vae(path):
     """``(params, latent_scale)`` of a file written by ``train vae``."""
     from .nn import checkpoint
 
-    params, meta = checkpoint.load(path)
-    if meta.get("model") != "vae":
-        raise ValueError(f"{path!s} holds a model of kind {meta.get('model')!r}, not the "
-                         "autoencoder (`python -m minidiff train vae` writes one)")
+    params, meta = checkpoint.load_kind(path, "vae", "the autoencoder", "train vae")
     return params, float(meta["latent_scale"])
 
 
@@ -276,10 +272,8 @@ def load_models(ldm_path, vae_path=None, text_path=None):
     from .models import unet
     from .nn import checkpoint
 
-    params, meta = checkpoint.load(ldm_path)  # it records its two frozen networks' file names
-    if meta.get("model") != "ldm":
-        raise ValueError(f"{ldm_path!s} holds a model of kind {meta.get('model')!r}, not a "
-                         "latent model (`python -m minidiff train ldm` writes one)")
+    # the file records the two frozen networks it was trained with
+    params, meta = checkpoint.load_kind(ldm_path, "ldm", "a latent model", "train ldm")
     def recorded(name):  # as recorded (relative to the repository), else the shipped file
         path = Path(meta[name])
         for candidate in (path, WEIGHTS_DIR.parent.parent / path):
@@ -336,7 +330,6 @@ def train_ldm_command(out, steps, batch_size, lr, seed, extra, workers, vae, tex
                     train_seconds=round(seconds, 1),
                     trained_on="fit (the first 50,000 training digits)", **extra)
     return f"{steps} steps, final loss {float(losses[-100:].mean()):.4f}"
-
 
 
 # ----------------------------------------------------------------------------- did it listen?

@@ -142,16 +142,11 @@ def train_command(out, steps, batch_size, lr, seed, extra):
             f"{100 * v['semantic_top1']:.1f}% (chance {100 * v['chance_top1']:.1f}%)")
 
 
-
-
 def load_text_encoder(path):
     """``(params, config, thresholds)`` of a file written by ``train clip``."""
     from .nn import checkpoint
 
-    params, meta = checkpoint.load(path)
-    if meta.get("model") != "clip":
-        raise ValueError(f"{path!s} holds a model of kind {meta.get('model')!r}, not the text "
-                         "encoder (`python -m minidiff train clip` writes one)")
+    params, meta = checkpoint.load_kind(path, "clip", "the text encoder", "train clip")
     cfg = meta["config"]
     return params, text.TextConfig(**cfg), {k: onp.asarray(v) for k, v in
                                             meta["thresholds"].items()}

@@ -89,3 +89,28 @@ def test_the_latent_scale_gives_unit_variance_and_is_the_shipped_one():
     z = s * latent.encode(params, x[2000:4000], sample_rng=np.random.default_rng(6))
     assert abs(z.std() - 1.0) < 0.02
     assert abs(s / shipped - 1.0) < 0.02
+
+
+def test_model_files_of_another_kind_are_refused_by_name():
+    with pytest.raises(ValueError, match="not the autoencoder"):
+        latent.load_vae(SHIPPED["clip"])
+    with pytest.raises(ValueError, match="not the text encoder"):
+        text_encoder.load_text_encoder(SHIPPED["vae"])
+    with pytest.raises(ValueError, match="not a latent model"):
+        latent.load_models(SHIPPED["vae"])
+
+
+def test_sample_prompt_writes_digits_labelled_by_the_prompt_and_refuses_unknown_words(
+        tmp_path, capsys):
+    from minidiff.__main__ import main
+    from minidiff.datasets import load_samples
+
+    out = tmp_path / "p.npz"
+    assert main(["sample", "--prompt", "a bold seven", "2, thin", "--n", "2", "--steps", "3",
+                 "--out", str(out)]) == 0
+    pixels, labels = load_samples(out)
+    assert pixels.shape == (4, 28, 28) and list(labels) == [7, 7, 2, 2]
+    assert (tmp_path / "p.png").exists()
+    assert main(["sample", "--prompt", "a purple seven", "--n", "1", "--steps", "2",
+                 "--out", str(tmp_path / "q.npz")]) == 2
+    assert "outside the vocabulary: ['purple']" in capsys.readouterr().err

@@ -114,3 +114,14 @@ def load(path):
     except KeyError as err:
         raise ValueError(f"checkpoint {path!r} is missing the array {err}") from None
     return tree, header["meta"]
+
+
+def load_kind(path, kind, what, command):
+    """``load`` a model file whose ``meta["model"]`` must be ``kind``: any other file is refused
+    by name (its parameters would not fit), saying ``what`` was expected and which ``command``
+    (after ``python -m minidiff``) writes one. Returns ``(tree, meta)``."""
+    tree, meta = load(path)
+    if meta.get("model") != kind:
+        raise ValueError(f"{path!s} holds a model of kind {meta.get('model')!r}, not {what} "
+                         f"(`python -m minidiff {command}` writes one)")
+    return tree, meta
