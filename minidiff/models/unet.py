@@ -25,7 +25,9 @@ residual, and a zero-initialised linear map back. Cross-attention takes its quer
 image tokens and its keys and values from the frozen text encoder's token states (their eq. (3),
 ``softmax(Q K^T / sqrt(d)) V`` with ``Q = W_Q phi(z_t)``, ``K = W_K tau(y)``, ``V = W_V tau(y)``),
 with the caption's padding masked. ``y`` is then ``{"context": (N, S, context_dim), "mask":
-(N, S) bool}``. Stable Diffusion 1.x has no class embedding: ``num_classes=None``.
+(N, S) bool}``. Stable Diffusion 1.x has no class embedding: ``num_classes=None``. Two small
+departures from its block: the MLP is GELU where SD's is GEGLU (a gated GELU, twice the first
+layer's width), and the attention projections have biases where SD's have none.
 
 The resolution need not be a power of two: a stride-2 convolution takes 7 x 7 to 4 x 4, and the
 decoder's nearest up-sampling (to 8 x 8) is cropped back to its skip connection's size.
