@@ -19,8 +19,9 @@ which keep its reconstructions sharp at a factor-8 compression; minidiff's uses 
 error alone, enough for 28 x 28 digits at factor 4 (PSNR and the evaluator's agreement on
 reconstructions are in the model card). Rombach et al. weight the KL term by about 1e-6: just
 enough to keep the latent near the origin and its posterior from collapsing to a point, far too
-little to make ``z`` a standard normal; the diffusion model, not the prior, models the latents. Their scale is then fixed by one measured
-number (``latent.latent_scale``), Stable Diffusion's 0.18215.
+little to make ``z`` a standard normal; the diffusion model, not the prior, models the latents.
+Their scale is then fixed by one measured number (``latent.latent_scale``), Stable Diffusion's
+0.18215.
 
     encoder  conv 1->32 | conv 32->64 /2 | conv 64->64 /2 | conv 64->8     28 -> 14 -> 7
     decoder  conv 4->64 | up x2, conv 64->64 | up x2, conv 64->32 | conv 32->1  7 -> 14 -> 28
