@@ -78,8 +78,9 @@ def decode(params, z, batch_size=500):
 def latent_scale(params, images, rng):
     """``1 / std`` of latents drawn from ``q(z | x)`` over ``images``: the factor that gives the
     diffusion model unit-variance data, as Stable Diffusion's 0.18215 does for its autoencoder
-    (Rombach et al. 2022, sec. G: "we rescale the latents by the component-wise standard
-    deviation" — one number for all components there and here)."""
+    (Rombach et al. 2022, sec. 4.3.2 and appendix D.1, on how the latents' scale sets the
+    signal-to-noise ratio; their code's ``scale_by_std`` takes one number, ``1 / std`` of the
+    first batch's latents, for all components, as here over ``images``)."""
     z = encode(params, images, sample_rng=rng)
     return float(1.0 / z.std())
 

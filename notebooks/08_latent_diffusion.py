@@ -45,7 +45,7 @@ import numpy as np
 
 from minidiff import captions, datasets, latent, plot, text_encoder
 from minidiff.images import SHIPPED, WEIGHTS_DIR, load_classifier
-from minidiff.models import classifier, text, unet, vae
+from minidiff.models import text, unet, vae
 from minidiff.nn import checkpoint
 from minidiff.nn.memory import keep_freed_memory
 from minidiff.nn.tree import tree_size
@@ -322,13 +322,11 @@ grid = np.concatenate(rows)
 print(f"{len(grid)} digits in {time.perf_counter() - t0:.0f} s")
 fig = plot.prompt_rows(grid, prompts, per_prompt)
 plt.show()
-asked = [captions.parse(p) for p in prompts]
-measured = captions.bins(grid, np.repeat([a[0] for a in asked], per_prompt), thresholds)
-for k, (p, (label, want)) in enumerate(zip(prompts, asked)):
-    sl = slice(k * per_prompt, (k + 1) * per_prompt)
-    got = classifier.predict(clf, grid[sl])
-    hits = {a: f"{np.mean(measured[a][sl] == b):.0%}" for a, b in want.items()}
-    print(f"{p!r:>34}: read as {label} {np.mean(got == label):.0%}; in the asked bin: {hits}")
+for k, p in enumerate(prompts):  # latent.adherence, one row at a time
+    r = latent.adherence(grid[k * per_prompt:(k + 1) * per_prompt], [p] * per_prompt,
+                         thresholds, clf)
+    hits = {a: f"{v['hit']:.0%}" for a, v in r["attributes"].items() if v["n"]}
+    print(f"{p!r:>34}: read as named {r['agreement']:.0%}; in the asked bin: {hits}")
 
 # %% [markdown]
 # ## 6. What the latent space buys
