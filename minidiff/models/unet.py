@@ -42,7 +42,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import gelu, init_linear, linear, modulated_layer_norm, silu, sinusoidal_embedding
-from ..nn.attention import attention
+from ..nn.attention import attention, merge_heads, split_heads
 from ..nn.conv import avg_pool2, conv2d, group_norm_act, upsample_nearest
 from . import check_images, labels_or_null
 
@@ -192,18 +192,6 @@ def _transformer_init(rng, c, context_dim, dtype):
             "proj_out": init_linear(rng, c, c, dtype, zero=True)}
 
 
-def _heads(z, n, length, heads):  # (N*length, C) -> (N*heads, length, C/heads)
-    d = z.shape[1] // heads
-    return np.reshape(np.transpose(np.reshape(z, (n, length, heads, d)), (0, 2, 1, 3)),
-                      (n * heads, length, d))
-
-
-def _merge(o, n, length, heads):  # (N*heads, length, d) -> (N*length, heads*d)
-    d = o.shape[2]
-    return np.reshape(np.transpose(np.reshape(o, (n, heads, length, d)), (0, 2, 1, 3)),
-                      (n * length, heads * d))
-
-
 def cross_attention(p, tokens, context, mask, heads):
     """Queries from ``tokens: (N, L, C)``, keys and values from ``context: (N, S, Dc)`` with the
     key padding ``mask: (N, S)`` (Rombach et al. 2022, eq. (3)) -> ``(N, L, C)``, before the
@@ -214,10 +202,11 @@ def cross_attention(p, tokens, context, mask, heads):
     #   (Rombach et al. 2022, eq. (3)); notebook 08, section 4
     q = linear(p["q"], np.reshape(tokens, (n * length, c)))  # (N*L, C)
     k, v = np.split(linear(p["kv"], np.reshape(context, (n * s, context.shape[2]))), 2, axis=1)
-    o = attention(_heads(q, n, length, heads), _heads(k, n, s, heads), _heads(v, n, s, heads),
+    o = attention(split_heads(q, n, length, heads), split_heads(k, n, s, heads),
+                  split_heads(v, n, s, heads),
                   mask=onp.repeat(mask, heads, axis=0))  # (N*heads, L, C/heads)
     # END EXERCISE
-    return np.reshape(_merge(o, n, length, heads), (n, length, c))
+    return np.reshape(merge_heads(o, n, length, heads), (n, length, c))
 
 
 def _transformer_block(p, x, context, mask, cfg):
@@ -232,8 +221,9 @@ def _transformer_block(p, x, context, mask, cfg):
     def ln(q, z):
         return modulated_layer_norm(z, q["shift"], q["scale"])
     z = np.reshape(ln(p["ln1"], h), (n * length, c))
-    qh, kh, vh = (_heads(a, n, length, heads) for a in np.split(linear(p["qkv"], z), 3, axis=1))
-    h = h + np.reshape(linear(p["proj1"], _merge(attention(qh, kh, vh), n, length, heads)),
+    qh, kh, vh = (split_heads(a, n, length, heads)
+                  for a in np.split(linear(p["qkv"], z), 3, axis=1))
+    h = h + np.reshape(linear(p["proj1"], merge_heads(attention(qh, kh, vh), n, length, heads)),
                        (n, length, c))
     o = cross_attention(p, ln(p["ln2"], h), context, mask, heads)
     h = h + np.reshape(linear(p["proj2"], np.reshape(o, (n * length, c))), (n, length, c))

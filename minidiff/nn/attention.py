@@ -7,6 +7,7 @@ attention pattern: queries ``x_t``, keys ``alpha x0_m``, values ``x0_m``.
 
 import math
 
+import autograd.numpy as anp
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
@@ -50,6 +51,20 @@ def _key_mask(mask, k):
         raise ValueError(f"the attention `mask` must be a bool array of shape {k.shape[:2]} "
                          f"(batch, keys) (got {mask.dtype} {mask.shape})")
     return mask[:, None, :]  # (B, 1, Lk): the same keys for every query
+
+
+def split_heads(z, n, length, heads):
+    """``(N*length, C) -> (N*heads, length, C/heads)``: heads folded into the batch axis."""
+    d = z.shape[1] // heads
+    return anp.reshape(anp.transpose(anp.reshape(z, (n, length, heads, d)), (0, 2, 1, 3)),
+                       (n * heads, length, d))
+
+
+def merge_heads(o, n, length, heads):
+    """``(N*heads, length, d) -> (N*length, heads*d)``: the inverse of ``split_heads``."""
+    d = o.shape[2]
+    return anp.reshape(anp.transpose(anp.reshape(o, (n, heads, length, d)), (0, 2, 1, 3)),
+                       (n * length, heads * d))
 
 
 def _t(a):

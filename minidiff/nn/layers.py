@@ -165,6 +165,16 @@ def _gelu_vjp(ans, x):
 defvjp(gelu, _gelu_vjp)
 
 
+def rms_norm(x, scale, eps=1e-6):
+    """RMSNorm over the last axis (Zhang & Sennrich 2019, eq. (4)):
+    ``x / sqrt(mean(x²) + eps) * scale``. The result's norm is at most ``sqrt(D) max|scale|``:
+    what bounds the attention logits under QK-norm (chapter 10)."""
+    # BEGIN EXERCISE 10.3: RMSNorm, QK-norm's normaliser (Zhang & Sennrich 2019, eq. (4));
+    #   notebook 10, section 8
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+    # END EXERCISE
+
+
 def _ln_stats(x, eps):
     mu = x.mean(axis=-1, keepdims=True)
     xc = x - mu
