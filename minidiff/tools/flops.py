@@ -12,9 +12,9 @@ import contextlib
 
 import numpy as onp
 
-from ..models import dit, text, unet, vae
+from ..models import dit, mmdit, text, unet, vae
 
-PATCHED = (unet, dit, vae, text)  # modules whose conv2d / linear / attention names are counted
+PATCHED = (unet, dit, mmdit, vae, text)  # modules whose conv2d / linear / attention are counted
 
 
 @contextlib.contextmanager
