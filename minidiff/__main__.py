@@ -4,10 +4,11 @@ An error is one line on stderr and exit status 2 (``--debug`` shows the tracebac
 Outputs go under ``out/`` unless ``--out`` names a file; an existing file is replaced only with
 ``--overwrite``, so the shipped files in ``data/`` change only when named and asked for.
 """
-# line budget: 365 -- argparse declares some fifty options, one call and a help text each; the
+# line budget: 395 -- argparse declares some sixty options, one call and a help text each; the
 # command functions only check arguments, call the package and print.
 
 import argparse
+import functools
 import math
 import os
 import subprocess
@@ -95,11 +96,13 @@ def cmd_train(args):
     if args.paired and args.p_uncond != 0.5:
         raise UsageError("--paired drops exactly half of the labels: it needs --p-uncond 0.5 "
                          f"(got --p-uncond {args.p_uncond})")
+    if args.width is None:  # chapter 10's transformers on 49 latent tokens are narrower
+        args.width = 96 if args.model in ("mmdit", "flux", "flow-dit") else 128
     default_out = f"out/{args.model.replace('-', '_')}_mnist.npz"
     out = _output(args.out or default_out, args.overwrite, args.out is None)
     if args.model in ("classifier", "noisy-classifier"):
         return _train_classifier(args, out)
-    if args.model in ("vae", "clip", "ldm"):
+    if args.model in ("vae", "clip", "ldm", "mmdit", "flux", "flow-dit"):
         return _train_latent(args, out)
     if args.model == "dit":
         from .models import dit as arch
@@ -182,9 +185,19 @@ def _train_latent(args, out):
     from .nn.memory import keep_freed_memory
 
     keep_freed_memory()
-    command = {"vae": latent.train_vae_command, "clip": text_encoder.train_command,
-               "ldm": latent.train_ldm_command}[args.model]
     kw = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    if args.model in ("mmdit", "flux", "flow-dit"):  # chapter 10's rectified-flow transformers
+        from . import latent_flow
+
+        command = functools.partial(
+            latent_flow.train_flow_command, arch=args.model.removeprefix("flow-"),
+            workers=args.workers, vae_file=Path(args.vae), text_file=Path(args.text_encoder),
+            density=args.density, qk_norm=args.qk_norm, width=args.width, depth=args.depth,
+            reflow_from=args.reflow_from and Path(args.reflow_from), pairs=args.pairs,
+            pair_steps=args.pair_steps, pair_guidance=args.pair_guidance)
+    else:
+        command = {"vae": latent.train_vae_command, "clip": text_encoder.train_command,
+                   "ldm": latent.train_ldm_command}[args.model]
     if args.model == "ldm":
         kw.update(workers=args.workers, vae=Path(args.vae), text_encoder=Path(args.text_encoder))
     t0 = time.perf_counter()
@@ -257,18 +270,23 @@ def cmd_sample(args):
 
 
 def _sample_prompts(args):
-    """Chapter 8: ``--n`` digits for each ``--prompt`` from the latent model; a grid beside."""
+    """Chapters 8 and 10: ``--n`` digits for each ``--prompt`` from a latent model (chapter 8's
+    U-Net, or with a ``train mmdit|flux|flow-dit`` file, its rectified flow); a grid beside."""
     from . import latent
     from .images import SHIPPED
+    from .nn import checkpoint
 
     out = _output(args.out, args.overwrite)
     weights = SHIPPED["ldm"] if args.weights == str(SHIPPED["unet"]) else args.weights
+    flow = checkpoint.load(weights)[1].get("model") == "flow"
+    if flow:
+        from . import latent_flow as latent  # noqa: F811  (its sample_command: the flow's)
     t0 = time.perf_counter()
     grid = latent.sample_command(out, weights, args.prompt, args.n, args.steps, args.guidance,
                                  args.seed)
     print(f"{args.n * len(args.prompt)} samples of {len(args.prompt)} prompt(s) ({args.steps} "
-          f"DDIM steps, guidance {args.guidance}) in {time.perf_counter() - t0:.0f} s -> {out}, "
-          f"{grid}")
+          f"{'Euler' if flow else 'DDIM'} steps, guidance {args.guidance}) in "
+          f"{time.perf_counter() - t0:.0f} s -> {out}, {grid}")
     return 0
 
 
@@ -325,9 +343,11 @@ def parser():
 
     tr = sub.add_parser("train", help="train an image model on MNIST (resumable)", **fmt)
     tr.add_argument("model", choices=["unet", "dit", "classifier", "noisy-classifier", "vae",
-                                      "clip", "ldm"],
+                                      "clip", "ldm", "mmdit", "flux", "flow-dit"],
                     help="what to train (noisy-classifier: chapter 7's p_t(c | x_t); vae, clip, "
-                         "ldm: chapter 8's autoencoder, text encoder and latent model)")
+                         "ldm: chapter 8's autoencoder, text encoder and latent model; mmdit, "
+                         "flux, flow-dit: chapter 10's rectified-flow transformers on the "
+                         "latents)")
     tr.add_argument("--steps", type=positive_int, default=1600, help="total optimiser steps")
     tr.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
     tr.add_argument("--lr", type=positive, default=1e-3, help="peak Adam learning rate")
@@ -354,15 +374,30 @@ def parser():
     tr.add_argument("--resblock-updown", action="store_true",
                     help="U-Net: resample inside residual blocks (BigGAN style)")
     tr.add_argument("--patch", type=positive_int, default=4, help="DiT patch size")
-    tr.add_argument("--width", type=positive_int, default=128, help="DiT width")
+    tr.add_argument("--width", type=positive_int, default=None,
+                    help="transformer width (default: 128 for dit, 96 for chapter 10's)")
     tr.add_argument("--depth", type=positive_int, default=4, help="DiT depth")
     tr.add_argument("--heads", type=positive_int, default=4, help="DiT heads")
     tr.add_argument("--conditioning", default="adaln_zero",
                     choices=["adaln_zero", "cross_attention", "in_context"],
                     help="DiT conditioning")
-    tr.add_argument("--vae", default=str(SHIPPED["vae"]), help="ldm: the frozen autoencoder")
+    tr.add_argument("--vae", default=str(SHIPPED["vae"]),
+                    help="ldm, mmdit, flux, flow-dit: the frozen autoencoder")
     tr.add_argument("--text-encoder", default=str(SHIPPED["clip"]),
-                    help="ldm: the frozen text encoder")
+                    help="ldm, mmdit, flux, flow-dit: the frozen text encoder")
+    tr.add_argument("--density", default="logit_normal",
+                    choices=["uniform", "logit_normal", "mode", "cosmap"],
+                    help="mmdit, flux, flow-dit: the training time density (SD3, sec. 3.1)")
+    tr.add_argument("--qk-norm", action="store_true", help="mmdit, flux: RMSNorm on q and k")
+    tr.add_argument("--reflow-from", default=None,
+                    help="mmdit, flux, flow-dit: a flow model file to straighten (reflow): "
+                         "train on the couplings its ODE makes, starting from its weights")
+    tr.add_argument("--pairs", type=positive_int, default=4000,
+                    help="--reflow-from: how many (noise, latent) pairs to generate")
+    tr.add_argument("--pair-steps", type=positive_int, default=10,
+                    help="--reflow-from: Heun steps of the teacher's ODE per pair")
+    tr.add_argument("--pair-guidance", type=positive, default=2.0,
+                    help="--reflow-from: the teacher's guidance scale (baked into the pairs)")
     tr.add_argument("--out", default=None, help="weights file (default out/<model>_mnist.npz)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     tr.add_argument("--checkpoint", default=None,

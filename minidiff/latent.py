@@ -219,7 +219,8 @@ def caption_guided_eps(apply, params, config, context, null_context, guidance):
     """``eps_fn(x, i)``: classifier-free guidance with captions, ``eps_u + w (eps_c - eps_u)``
     (``guidance.guide``), the empty caption's token states as the unconditional branch; both
     halves as one batch of ``2N``. ``context`` and ``null_context``: ``encode_captions``
-    outputs for ``N`` and for 1 caption."""
+    outputs for ``N`` and for 1 caption (a ``"pooled"`` entry rides along). The rule is linear in
+    the prediction, so it guides a flow velocity the same way (chapter 10)."""
     guidance = check_scale(guidance)
     n = context["context"].shape[0]
     null = {k: onp.repeat(v, n, axis=0) for k, v in null_context.items()}
@@ -229,13 +230,16 @@ def caption_guided_eps(apply, params, config, context, null_context, guidance):
         extra = s - c["context"].shape[1]
         return (onp.pad(c["context"], ((0, 0), (0, extra), (0, 0))),
                 onp.pad(c["mask"], ((0, 0), (0, extra))))
-    both = tuple(onp.concatenate(pair) for pair in zip(pad(context), pad(null), strict=True))
+    both = dict(zip(("context", "mask"), (onp.concatenate(pair) for pair in
+                                          zip(pad(context), pad(null), strict=True)),
+                    strict=True))
+    both.update({k: onp.concatenate([context[k], null[k]]) for k in context if k not in both})
 
     def eps_fn(x, i):
         if guidance == 1.0:
             return apply(params, x, onp.full(n, i, onp.float32), context, config)
-        out = apply(params, onp.concatenate([x, x]), onp.full(2 * n, i, onp.float32),
-                    {"context": both[0], "mask": both[1]}, config)
+        out = apply(params, onp.concatenate([x, x]), onp.full(2 * n, i, onp.float32), both,
+                    config)
         return guide(out[:n], out[n:], guidance)
     return eps_fn
 
@@ -269,12 +273,19 @@ def load_models(ldm_path, vae_path=None, text_path=None):
     """The three networks of a latent model file: ``{"ldm": (params, config), "vae": (params,
     scale), "text": (params, config)}``; the autoencoder and text encoder default to the files
     the latent model was trained with (recorded in it)."""
-    from .images import WEIGHTS_DIR
     from .models import unet
     from .nn import checkpoint
 
-    # the file records the two frozen networks it was trained with
     params, meta = checkpoint.load_kind(ldm_path, "ldm", "a latent model", "train ldm")
+    return {"ldm": (params, unet.UNetConfig(**meta["config"])),
+            **frozen_networks(meta, vae_path, text_path)}
+
+
+def frozen_networks(meta, vae_path=None, text_path=None):
+    """``{"vae": (params, scale), "text": (params, config)}``: the two frozen networks a latent
+    model file records (``meta["vae"]``, ``meta["text_encoder"]``), unless paths are given."""
+    from .images import WEIGHTS_DIR
+
     def recorded(name):  # as recorded (relative to the repository), else the shipped file
         path = Path(meta[name])
         for candidate in (path, WEIGHTS_DIR.parent.parent / path):
@@ -283,8 +294,7 @@ def load_models(ldm_path, vae_path=None, text_path=None):
         return WEIGHTS_DIR / path.name
     vae_path, text_path = vae_path or recorded("vae"), text_path or recorded("text_encoder")
     text_params, text_cfg, _ = load_text_encoder(text_path)
-    return {"ldm": (params, unet.UNetConfig(**meta["config"])), "vae": load_vae(vae_path),
-            "text": (text_params, text_cfg)}
+    return {"vae": load_vae(vae_path), "text": (text_params, text_cfg)}
 
 
 def _relative(path):
@@ -426,15 +436,18 @@ def cross_attention_maps(models, prompt, rng, steps=50, guidance=3.0, level=0):
     return image, words, maps
 
 
-def sample_command(out, weights, prompts, n, steps, guidance, seed):
+def sample_command(out, weights, prompts, n, steps, guidance, seed, draw=None):
     """``python -m minidiff sample --prompt ...``: ``n`` digits per prompt into ``out`` (.npz,
-    labels = the digit each prompt names, -1 for none) and a grid beside it (.png)."""
+    labels = the digit each prompt names, -1 for none) and a grid beside it (.png). ``draw(prompts,
+    rng)`` replaces this chapter's sampler (chapter 10 passes its flow's)."""
     from . import datasets, plot
     from .captions import parse
 
-    models = load_models(weights)
+    if draw is None:
+        models = load_models(weights)
+        draw = functools.partial(sample, models, steps=steps, guidance=guidance)
     every = [p for p in prompts for _ in range(n)]
-    x = sample(models, every, onp.random.default_rng(seed), steps=steps, guidance=guidance)
+    x = draw(every, onp.random.default_rng(seed))
     labels = onp.array([-1 if parse(p)[0] is None else parse(p)[0] for p in every])
     datasets.save_samples(out, datasets.to_uint8(x[:, 0]), labels)
     grid = Path(out).with_suffix(".png")

@@ -152,12 +152,17 @@ def load_text_encoder(path):
                                             meta["thresholds"].items()}
 
 
-def encode_captions(params, config, captions, batch_size=500):
+def encode_captions(params, config, captions, batch_size=500, pooled=False):
     """The frozen text encoder's token states of ``captions``: ``{"context": (N, L, D) float32,
-    "mask": (N, L) bool}``, what the denoiser's cross-attention reads (``unet.check_context``)."""
+    "mask": (N, L) bool}``, what the denoiser's cross-attention reads (``unet.check_context``);
+    with ``pooled``, also ``"pooled": (N, D)``, the state at ``<eos>`` (chapter 10's MMDiT adds it
+    to the timestep embedding, as SD3 does with CLIP's pooled output)."""
     ids, mask = text.tokenize(list(captions), config)
-    states = [text.encode_text(params, ids[i:i + batch_size], mask[i:i + batch_size], config)[0]
-              for i in range(0, len(ids), batch_size)]
-    return {"context": onp.concatenate(states).astype(onp.float32), "mask": mask}
+    parts = [text.encode_text(params, ids[i:i + batch_size], mask[i:i + batch_size], config)
+             for i in range(0, len(ids), batch_size)]
+    out = {"context": onp.concatenate([p[0] for p in parts]).astype(onp.float32), "mask": mask}
+    if pooled:
+        out["pooled"] = onp.concatenate([p[1] for p in parts]).astype(onp.float32)
+    return out
 
 
