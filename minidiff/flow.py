@@ -5,9 +5,10 @@ and the noise at ``t = 1``:
 
     x_t = (1 - t) x0 + t eps,        u = d x_t / dt = eps - x0,
 
-and a flow model ``v(x, t)`` regresses ``u`` (flow matching, Lipman et al. 2023, eq. (23) with
-``sigma_min = 0``; rectified flow, Liu et al. 2023, eq. (1)). SD3 writes the same (Esser et al.
-2024, eq. (2) with ``a_t = 1 - t``, ``b_t = t``). Liu et al. and the seed article write it the other
+and a flow model ``v(x, t)`` regresses ``u`` (flow matching, Lipman et al. 2023, sec. 4.1: the
+optimal-transport path with ``sigma_min = 0``; rectified flow, Liu et al. 2023, eq. (1)). SD3
+writes the same (Esser et al. 2024, sec. 2, ``z_t = a_t x_0 + b_t eps`` with ``a_t = 1 - t``,
+``b_t = t``). Liu et al. and the seed article write it the other
 way round, ``X_t = t X_1 + (1 - t) X_0`` with ``X_0`` the noise and ``X_1`` the data, velocity
 ``X_1 - X_0``: their ``t`` is our ``1 - t`` and their velocity is our ``-u``. Every formula below
 is in minidiff's form; sampling integrates ``dx/dt = v`` from ``t = 1`` down to ``t = 0``.
@@ -217,9 +218,9 @@ def straightness(velocity, x1, steps=100, ts=None):
     # BEGIN EXERCISE 10.4: straightness: the velocity's mean squared deviation from the straight
     #   displacement along Euler trajectories (Liu et al. 2023, sec. 2.2); notebook 10, section 5
     x, vs = x1, []
-    for t0, t1 in zip(ts[:-1], ts[1:], strict=True):
-        vs.append(velocity(x, t0))
-        x = x + (t1 - t0) * vs[-1]
+    for k in range(len(ts) - 1):  # Euler from t = 1 down, keeping each step's velocity
+        vs.append(velocity(x, ts[k]))
+        x = x + (ts[k + 1] - ts[k]) * vs[-1]
     d = (x1 - x) / (ts[0] - ts[-1])  # the straight displacement per unit time
     dev = [onp.sum(onp.reshape((d - v) ** 2, (len(x1), -1)), axis=1) for v in vs]
     # END EXERCISE

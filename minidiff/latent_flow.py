@@ -95,7 +95,7 @@ def flow_batches(latents, data, text_params, text_cfg, scale, batch_size, densit
 
 def flow_loss(cfg, params, batch):
     """Flow matching on the linear path: the mean of ``|v(x_t, t) - (eps - z0)|²`` (Lipman et al.
-    2023, eq. (23); the target from ``targets.target("velocity", ...)``)."""
+    2023, sec. 4.1; the target from ``targets.target("velocity", ...)``)."""
     from .nn import mean
 
     t = batch["t"]
