@@ -151,8 +151,9 @@ def demo_chapter9(out, fast, seed=0, unet_samples=None):
 
 
 def demo_chapter10(out, fast, seed=0):
-    """The shipped rectified-flow transformer (SD3's MMDiT in miniature) in a few Euler steps,
-    and its reflowed student in one: the same prompts and noise, one grid each."""
+    """The shipped rectified-flow transformer (the best of chapter 10's three at one budget) in a
+    few Euler steps, and its reflowed student in one: the same prompts and noise, one grid
+    each."""
     from . import latent_flow
     from .captions import parse
     from .images import load_classifier
