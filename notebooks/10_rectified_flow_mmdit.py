@@ -205,20 +205,21 @@ for n in (1, 2, 4, 8, 16):
 # (`flow.straightness`) is 0 for a perfectly straight flow.
 #
 # The 1-rectified flow here is the MLP of section 4; the 2-rectified flow starts from its
-# weights (as InstaFlow does) and trains on 20,000 of its couplings.
+# weights (as InstaFlow does) and trains on 20,000 of its couplings (100 Heun steps each).
 
 # %%
-x1_pairs = rng.standard_normal((20000, 2))
-x0_pairs = flow.reflow_pairs(learned_v, x1_pairs, steps=100)
+n_ode = 30 if FAST else 100  # ODE steps for the pairs, the couplings and S
+x1_pairs = rng.standard_normal((4000 if FAST else 20000, 2))
+x0_pairs = flow.reflow_pairs(learned_v, x1_pairs, steps=n_ode)
 params_2, _ = flow.fit_toy(flow.batches(x0_pairs, 256, density="logit_normal", pairs=x1_pairs),
                            toy_steps, seed=1, init=params_1)
 reflowed_v = lambda x, t: flow.toy_net(params_2, x, np.float32(t))  # noqa: E731
-coupling_1 = flow.reflow_pairs(learned_v, x1_eval, steps=100)  # each flow's own endpoint
-coupling_2 = flow.reflow_pairs(reflowed_v, x1_eval, steps=100)
+coupling_1 = flow.reflow_pairs(learned_v, x1_eval, steps=n_ode)  # each flow's own endpoint
+coupling_2 = flow.reflow_pairs(reflowed_v, x1_eval, steps=n_ode)
 rows_toy = {}
 for name, v, own in (("1-rectified", learned_v, coupling_1),
                      ("2-rectified", reflowed_v, coupling_2)):
-    s_val, _ = flow.straightness(v, x1_eval, steps=100)
+    s_val, _ = flow.straightness(v, x1_eval, steps=n_ode)
     one = {n: flow.one_step_error(v, x1_eval, own, steps=n) for n in (1, 2)}
     samples_1 = flow.euler(v, x1_eval, flow.time_grid(1))
     nll = -np.mean(mix.log_prob(samples_1))
@@ -348,10 +349,11 @@ plt.show()
 # %%
 vae_params, scale = models["vae"]
 xf, yf = mnist("fit")
-small = CaptionedDigits(xf[:2000], yf[:2000], thresholds)
+n_small = 500 if FAST else 2000
+small = CaptionedDigits(xf[:n_small], yf[:n_small], thresholds)
 bf = latent_flow.flow_batches(latent.encode_all(vae_params, small.images), small, text_params,
                               text_cfg, scale, 32)
-qk_steps = 30 if FAST else 200
+qk_steps = 20 if FAST else 200
 qk_runs = {}
 for q in (False, True):
     t0 = time.perf_counter()
