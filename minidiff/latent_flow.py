@@ -115,14 +115,8 @@ def train_flow(state, cfg, batch_fn, steps, lr=1e-3, warmup=200, cooldown=0, wor
     kwargs = dict(lr=lr, warmup=warmup, cooldown=cooldown, clip=1.0, ema=0.999,
                   checkpoint_path=checkpoint_path, checkpoint_every=100, progress=progress,
                   desc="flow model", run=run)
-    loss = functools.partial(flow_loss, cfg)
-    if workers == 1:
-        return train.fit(loss, state, batch_fn, steps, **kwargs)
-    from .nn.parallel import DataParallel
-
-    with DataParallel(functools.partial(_loss_factory, cfg), state.params,
-                      workers) as value_and_grad:
-        return train.fit(loss, state, batch_fn, steps, value_and_grad=value_and_grad, **kwargs)
+    return train.fit_parallel(functools.partial(_loss_factory, cfg), state, batch_fn, steps,
+                              workers, **kwargs)
 
 
 # ----------------------------------------------------------------------------- sampling

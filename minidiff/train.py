@@ -157,3 +157,16 @@ def fit(loss, state, batch_fn, steps, *, progress=True, desc="train", **kwargs):
         state_out = record["state"]
         losses.append(record["loss"])
     return state_out, onp.asarray(losses)
+
+
+def fit_parallel(loss_factory, state, batch_fn, steps, workers=1, **kwargs):
+    """``fit`` with the loss ``loss_factory()``, each batch split over ``workers`` processes when
+    there are more than one (``nn.parallel.DataParallel``; ``loss_factory`` must then be
+    picklable: a module-level function or a ``functools.partial`` of one)."""
+    if workers == 1:
+        return fit(loss_factory(), state, batch_fn, steps, **kwargs)
+    from .nn.parallel import DataParallel
+
+    with DataParallel(loss_factory, state.params, workers) as value_and_grad:
+        return fit(None, state, batch_fn, steps, value_and_grad=value_and_grad, **kwargs)
+
