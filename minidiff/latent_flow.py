@@ -99,8 +99,9 @@ def flow_loss(cfg, params, batch):
     from .nn import mean
 
     t = batch["t"]
-    u = target("velocity", batch["x0"], batch["eps"], 1.0 - t, t, -onp.ones_like(t),
-               onp.ones_like(t))
+    coef = (getattr(flow.PATH, k)(t).astype(t.dtype) for k in ("alpha", "sigma", "dalpha",
+                                                                "dsigma"))
+    u = target("velocity", batch["x0"], batch["eps"], *coef)  # eps - z0, from the path
     caption = {k: batch[k] for k in ("context", "mask", "pooled")}
     return mean((apply(params, batch["xt"], t, caption, cfg) - u) ** 2)
 

@@ -336,7 +336,7 @@ plt.show()
 #
 # Attention logits $q\cdot k/\sqrt d$ are products of two learned projections; at a high
 # learning rate they can grow until the softmax saturates into one-hot rows whose gradients
-# vanish — the instability Dehghani et al. (2023, sec. 3.1) met at scale. **QK-norm** applies an
+# vanish — the instability Dehghani et al. (2023, sec. 2) met at scale. **QK-norm** applies an
 # RMSNorm with a learned scale $g$ to each head's queries and keys, so
 # $|q\cdot k|/\sqrt{d} \le \sqrt{d}\,\max|g_q|\max|g_k|$ whatever the projections do (a test
 # holds the bound). The same MMDiT trained at learning rate $3 \cdot 10^{-2}$ (30 times the
