@@ -14,7 +14,9 @@ The signal-to-noise ratio is ``snr(t) = alpha(t)² / sigma(t)²`` (Kingma et al.
 
 import dataclasses
 
+import autograd.numpy as np
 import numpy as onp
+from autograd.tracer import getval
 
 from .targets import check_positive, convert, per_sample
 
@@ -169,10 +171,13 @@ def check_step(i, T):
 
 
 def _times(t, t_max=1.0):
-    t = onp.asarray(t, dtype=onp.float64)
-    if not onp.all((t >= 0) & (t <= t_max)):
-        raise ValueError(f"`t` must lie in [0, {t_max:g}] (got {t!r})")
-    return t
+    """``t`` checked to lie in ``[0, t_max]``, as float64; an autograd tracer passes through
+    untouched, so that ``autograd`` can differentiate a path's ``alpha`` and ``sigma`` in ``t``
+    (chapter 11's test of the velocity)."""
+    value = onp.asarray(getval(t), dtype=onp.float64)
+    if not onp.all((value >= 0) & (value <= t_max)):
+        raise ValueError(f"`t` must lie in [0, {t_max:g}] (got {value!r})")
+    return value if getval(t) is t else t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,10 +208,10 @@ class VP(GaussianPath):
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t
 
     def alpha(self, t):
-        return onp.exp(-0.5 * self.big_b(t))
+        return np.exp(-0.5 * self.big_b(t))
 
     def sigma(self, t):
-        return onp.sqrt(-onp.expm1(-self.big_b(t)))
+        return np.sqrt(-np.expm1(-self.big_b(t)))
 
     def dalpha(self, t):
         return -0.5 * self.beta(t) * self.alpha(t)
@@ -232,7 +237,7 @@ class SubVP(VP):
     ``sqrt(1 - alpha²)`` at every ``t`` (their eq. (29))."""
 
     def sigma(self, t):
-        return -onp.expm1(-self.big_b(t))
+        return -np.expm1(-self.big_b(t))
 
     def dsigma(self, t):
         return self.beta(t) * self.alpha(t) ** 2  # d/dt (1 - a²) = -2 a a' = beta a²
@@ -294,6 +299,31 @@ class Linear(GaussianPath):
     @staticmethod
     def _check(t):
         return _times(t)
+
+
+@dataclasses.dataclass(frozen=True)
+class GVP(GaussianPath):
+    """The generalised variance-preserving interpolant of SiT (Ma et al. 2024, sec. 2; Albergo &
+    Vanden-Eijnden 2023): ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)`` on ``[0, 1]``, so
+    ``alpha² + sigma² = 1`` at every ``t`` like the VP path, and it reaches pure noise exactly at
+    ``t = 1`` (the VP SDE's ``alpha(1)`` is 0.0066, not 0). Its velocity is ``(pi / 2)(cos(pi t /
+    2) eps - sin(pi t / 2) x0)``; in the sigma frame ``sigma / alpha = tan(pi t / 2)``."""
+
+    def alpha(self, t):
+        return np.cos(0.5 * onp.pi * _times(t))
+
+    def sigma(self, t):
+        return np.sin(0.5 * onp.pi * _times(t))
+
+    def dalpha(self, t):
+        return -0.5 * onp.pi * np.sin(0.5 * onp.pi * _times(t))
+
+    def dsigma(self, t):
+        return 0.5 * onp.pi * np.cos(0.5 * onp.pi * _times(t))
+
+    def t_from_ratio(self, r):
+        """The time at which ``sigma / alpha = tan(pi t / 2) = r``: ``t = 2 arctan(r) / pi``."""
+        return 2.0 * onp.arctan(_ratio(r, allow_zero=True)) / onp.pi
 
 
 def oracle(mixture, path, kind="eps"):
