@@ -4,7 +4,7 @@ An error is one line on stderr and exit status 2 (``--debug`` shows the tracebac
 Outputs go under ``out/`` unless ``--out`` names a file; an existing file is replaced only with
 ``--overwrite``, so the shipped files in ``data/`` change only when named and asked for.
 """
-# line budget: 395 -- argparse declares some sixty options, one call and a help text each; the
+# line budget: 408 -- argparse declares some sixty-five options, one call and a help text each; the
 # command functions only check arguments, call the package and print.
 
 import argparse
@@ -96,6 +96,11 @@ def cmd_train(args):
     if args.paired and args.p_uncond != 0.5:
         raise UsageError("--paired drops exactly half of the labels: it needs --p-uncond 0.5 "
                          f"(got --p-uncond {args.p_uncond})")
+    flow = args.model in ("mmdit", "flux", "flow-dit")
+    if args.target is None:
+        args.target = "velocity" if flow else "eps"
+    if args.target not in (("velocity", "eps", "score") if flow else ("eps", "v")):
+        raise UsageError(f"--target {args.target} is not a target of {args.model}")
     if args.width is None:  # chapter 10's transformers on 49 latent tokens are narrower
         args.width = 96 if args.model in ("mmdit", "flux", "flow-dit") else 128
     default_out = f"out/{args.model.replace('-', '_')}_mnist.npz"
@@ -194,7 +199,9 @@ def _train_latent(args, out):
             workers=args.workers, vae_file=Path(args.vae), text_file=Path(args.text_encoder),
             density=args.density, qk_norm=args.qk_norm, width=args.width, depth=args.depth,
             reflow_from=args.reflow_from and Path(args.reflow_from), pairs=args.pairs,
-            pair_steps=args.pair_steps, pair_guidance=args.pair_guidance)
+            pair_steps=args.pair_steps, pair_guidance=args.pair_guidance,
+            formulation=latent_flow.interpolants.Formulation(args.path, args.target,
+                                                             args.discrete_time))
     else:
         command = {"vae": latent.train_vae_command, "clip": text_encoder.train_command,
                    "ldm": latent.train_ldm_command}[args.model]
@@ -358,8 +365,10 @@ def parser():
                     help="processes sharing each batch, one BLAS thread each (2 on a 2-core "
                          "machine is 1.4-2x faster; the same result up to float32 rounding)")
     tr.add_argument("--seed", type=count, default=0, help="seed of the weights and the batches")
-    tr.add_argument("--target", choices=["eps", "v"], default="eps",
-                    help="what the network predicts (sampling converts it to eps)")
+    tr.add_argument("--target", choices=["eps", "v", "velocity", "score"], default=None,
+                    help="what the network predicts (unet, dit: eps or v, sampling converts it "
+                         "to eps; mmdit, flux, flow-dit: velocity, eps or score, chapter 11; "
+                         "default eps, velocity)")
     tr.add_argument("--weighting", choices=["min_snr"], default=None,
                     help="loss weighting (default: L_simple, every step weighted 1)")
     tr.add_argument("--p-uncond", type=probability, default=0.1,
@@ -398,6 +407,10 @@ def parser():
                     help="--reflow-from: Heun steps of the teacher's ODE per pair")
     tr.add_argument("--pair-guidance", type=positive, default=2.0,
                     help="--reflow-from: the teacher's guidance scale (baked into the pairs)")
+    tr.add_argument("--path", default="linear", choices=["linear", "gvp", "vp"],
+                    help="mmdit, flux, flow-dit: chapter 11's interpolant (SiT)")
+    tr.add_argument("--discrete-time", action="store_true",
+                    help="mmdit, flux, flow-dit with --path vp: train on DDPM's 1,000 times")
     tr.add_argument("--out", default=None, help="weights file (default out/<model>_mnist.npz)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     tr.add_argument("--checkpoint", default=None,

@@ -23,7 +23,7 @@ import time
 
 import numpy as onp
 
-from . import flow, train
+from . import flow, interpolants, train
 from .latent import _relative, caption_guided_eps, decode, encode_all, frozen_networks, load_vae
 from .models import dit, mmdit, vae
 from .targets import target
@@ -68,12 +68,13 @@ def init(cfg, rng):
 # ----------------------------------------------------------------------------- training
 
 def flow_batches(latents, data, text_params, text_cfg, scale, batch_size, density="logit_normal",
-                 p_uncond=0.1, pairs=None):
+                 p_uncond=0.1, pairs=None, formulation=interpolants.RECTIFIED_FLOW):
     """``batch_fn(rng)`` of ``flow_loss``: scaled latents ``z0`` drawn from ``q(z | x)``
     (``latents`` = ``(mean, logvar)`` of ``data``'s digits) with fresh captions, the empty one with
     probability ``p_uncond`` (chapter 8's rule), ``t`` from ``density``, noise, ``x_t``.
     ``pairs = (z0, z1, captions)``: reflow's coupling instead — the generated latents, the noise
-    each came from and the caption it was generated for, drawn together."""
+    each came from and the caption it was generated for, drawn together. ``formulation``
+    (chapter 11) sets the path and the times; the batch carries the path's coefficients."""
     def batch_fn(rng):
         if pairs is None:
             mean, logvar = latents
@@ -86,69 +87,87 @@ def flow_batches(latents, data, text_params, text_cfg, scale, batch_size, densit
         else:
             idx = rng.integers(0, len(pairs[0]), size=batch_size)
             z0, eps, caps = pairs[0][idx], pairs[1][idx], [pairs[2][i] for i in idx]
-        t = flow.sample_times(density, batch_size, rng).astype(onp.float32)
-        xt = flow.PATH.marginal(z0, t, eps).astype(onp.float32)
-        return {"xt": xt, "t": t, "x0": z0, "eps": eps,
+        t = formulation.times(batch_size, rng, density).astype(onp.float32)
+        xt = formulation.process.marginal(z0, t, eps).astype(onp.float32)
+        return {"xt": xt, "t": t, "x0": z0, "eps": eps, **formulation.coefficients(t, onp.float32),
                 **encode_captions(text_params, text_cfg, caps, pooled=True)}
     return batch_fn
 
 
-def flow_loss(cfg, params, batch):
-    """Flow matching on the linear path: the mean of ``|v(x_t, t) - (eps - z0)|²`` (Lipman et al.
-    2023, sec. 4.1; the target from ``targets.target("velocity", ...)``)."""
+def flow_loss(cfg, params, batch, kind="velocity"):
+    """Flow matching: the mean of ``|v(x_t, t) - u|²`` with ``u = alpha' z0 + sigma' eps`` (``eps -
+    z0`` on the linear path; Lipman et al. 2023, sec. 4.1), the path's coefficients read from the
+    batch; chapter 11's other ``kind``s regress their own ``targets.target``, unweighted (SiT's
+    noise and velocity losses)."""
     from .nn import mean
 
-    t = batch["t"]
-    coef = (getattr(flow.PATH, k)(t).astype(t.dtype) for k in ("alpha", "sigma", "dalpha",
-                                                                "dsigma"))
-    u = target("velocity", batch["x0"], batch["eps"], *coef)  # eps - z0, from the path
+    coef = (batch[k] for k in ("alpha", "sigma", "dalpha", "dsigma"))
+    truth = target(kind, batch["x0"], batch["eps"], *coef)
     caption = {k: batch[k] for k in ("context", "mask", "pooled")}
-    return mean((apply(params, batch["xt"], t, caption, cfg) - u) ** 2)
+    return mean((apply(params, batch["xt"], batch["t"], caption, cfg) - truth) ** 2)
 
 
-def _loss_factory(cfg):
-    return functools.partial(flow_loss, cfg)
+def _loss_factory(cfg, kind="velocity"):
+    return functools.partial(flow_loss, cfg, kind=kind)
 
 
 def train_flow(state, cfg, batch_fn, steps, lr=1e-3, warmup=200, cooldown=0, workers=1,
-               progress=True, checkpoint_path=None, run=None):
-    """Train ``cfg``'s network on ``batch_fn`` (``flow_batches``); returns ``(state, losses)``."""
+               progress=True, checkpoint_path=None, run=None, kind="velocity"):
+    """Train ``cfg``'s network to predict ``kind`` on ``batch_fn`` (``flow_batches``); returns
+    ``(state, losses)``."""
     kwargs = dict(lr=lr, warmup=warmup, cooldown=cooldown, clip=1.0, ema=0.999,
                   checkpoint_path=checkpoint_path, checkpoint_every=100, progress=progress,
                   desc="flow model", run=run)
-    return train.fit_parallel(functools.partial(_loss_factory, cfg), state, batch_fn, steps,
-                              workers, **kwargs)
+    return train.fit_parallel(functools.partial(_loss_factory, cfg, kind), state, batch_fn,
+                              steps, workers, **kwargs)
 
 
 # ----------------------------------------------------------------------------- sampling
 
-def guided_velocity(models, prompts, guidance):
-    """``v(x, t)``: the caption-guided velocity for ``prompts`` (``latent.caption_guided_eps`` at
-    the network's time ``1000 t``)."""
+def guided_fields(models, prompts, guidance):
+    """``(v(x, t), s(x, t))``: the caption-guided velocity and score for ``prompts``
+    (``latent.caption_guided_eps`` at the network's time ``1000 t``, whatever the network
+    predicts: the guidance rule is affine in the prediction, so it commutes with the conversion
+    of ``interpolants.fields``)."""
     (params, cfg), (text_params, text_cfg) = models["flow"], models["text"]
+    form = models.get("formulation", interpolants.RECTIFIED_FLOW)
     ctx = encode_captions(text_params, text_cfg, prompts, pooled=True)
     null = encode_captions(text_params, text_cfg, [""], pooled=True)
     fn = caption_guided_eps(lambda p, x, tt, c, k: apply(p, x, tt / 1000.0, c, k), params, cfg,
                             ctx, null, guidance)
-    return lambda x, t: fn(x, 1000.0 * float(t))
+    return interpolants.fields(lambda x, t: fn(x, 1000.0 * float(t)), form.kind, form.process)
+
+
+def guided_velocity(models, prompts, guidance):
+    """``v(x, t)``: the caption-guided velocity for ``prompts`` (``guided_fields``)."""
+    return guided_fields(models, prompts, guidance)[0]
 
 
 def sample(models, prompts, rng, steps=20, guidance=2.0, solver="euler", shift=1.0,
            batch_size=250, return_latents=False, noise=None):
     """Digits for ``prompts``: the flow ODE from noise (or the given ``noise``) at ``t = 1`` to
-    ``t = 0`` by ``solver`` on ``flow.time_grid(steps, shift)``, guided, then decoded. ``models`` =
+    the path's end (``Formulation.t_min``) by ``solver`` on ``flow.time_grid(steps, shift)``,
+    guided, then decoded; ``solver`` may also name one of chapter 11's diffusion coefficients
+    (``interpolants.DIFFUSIONS``): the SDE with that ``w_t`` by Euler–Maruyama. ``models`` =
     ``load_models(...)``. Returns ``(N, 1, 28, 28)`` (and the latents)."""
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"`prompts` must be a non-empty list of strings (got {prompts!r})")
-    if solver not in flow.SOLVERS:
-        raise ValueError(f"`solver` must be one of {sorted(flow.SOLVERS)} (got {solver!r})")
+    if solver not in {**flow.SOLVERS, **interpolants.DIFFUSIONS}:
+        raise ValueError(f"`solver` must be one of {sorted(flow.SOLVERS)} or a diffusion "
+                         f"{sorted(interpolants.DIFFUSIONS)} (got {solver!r})")
     z = rng.standard_normal((len(prompts), vae.LATENT_CHANNELS, 7, 7)).astype(onp.float32) \
         if noise is None else onp.asarray(noise, onp.float32)
-    ts = flow.time_grid(steps, shift)
-    out = [flow.SOLVERS[solver](guided_velocity(models, prompts[k:k + batch_size], guidance),
-                                z[k:k + batch_size], ts)
-           for k in range(0, len(prompts), batch_size)]
+    form = models.get("formulation", interpolants.RECTIFIED_FLOW)
+    ts = flow.time_grid(steps, shift, t_min=form.t_min)
+
+    def run(k):
+        velocity, score = guided_fields(models, prompts[k:k + batch_size], guidance)
+        if solver in flow.SOLVERS:
+            return flow.SOLVERS[solver](velocity, z[k:k + batch_size], ts)
+        return interpolants.sample_sde(velocity, score, form.process, solver,
+                                       z[k:k + batch_size], ts, rng)
+    out = [run(k) for k in range(0, len(prompts), batch_size)]
     latents = onp.concatenate(out).astype(onp.float32)
     images = decode(models["vae"][0], latents / models["vae"][1])
     return (images, latents) if return_latents else images
@@ -160,7 +179,9 @@ def load_models(path, vae_path=None, text_path=None):
     from .nn import checkpoint
 
     params, meta = checkpoint.load_kind(path, "flow", "a latent flow model", "train flow")
-    return {"flow": (params, config_from(meta)), "meta": meta,
+    form = interpolants.Formulation(meta.get("interpolant", "linear"), meta.get("kind", "velocity"),
+                                    bool(meta.get("discrete", False)))
+    return {"flow": (params, config_from(meta)), "meta": meta, "formulation": form,
             **frozen_networks(meta, vae_path, text_path)}
 
 
@@ -190,11 +211,12 @@ def make_pairs(models, data, n, rng, steps=20, guidance=2.0, solver="heun"):
 
 def train_flow_command(out, arch, steps, batch_size, lr, seed, extra, workers, vae_file,
                        text_file, density="logit_normal", qk_norm=False, width=96, depth=4,
-                       reflow_from=None, pairs=4000, pair_steps=10, pair_guidance=2.0):
+                       reflow_from=None, pairs=4000, pair_steps=10, pair_guidance=2.0,
+                       formulation=interpolants.RECTIFIED_FLOW):
     """``python -m minidiff train flow``: ``arch`` on the first 50,000 training digits' latents
     (resumable), or with ``reflow_from`` (a flow model file) a reflow student: it starts from that
     model's weights and trains on ``pairs`` couplings its guided ODE makes (cached beside
-    ``out``)."""
+    ``out``). ``formulation``: chapter 11's path, target and time (recorded in the file)."""
     from .datasets import mnist
     from .nn import checkpoint
 
@@ -203,11 +225,17 @@ def train_flow_command(out, arch, steps, batch_size, lr, seed, extra, workers, v
     data = CaptionedDigits(*mnist("fit"), thresholds)
     run = {"model": "flow", "arch": arch, "batch_size": batch_size, "lr": lr, "seed": seed,
            "density": density, "vae": _relative(vae_file), "text_encoder": _relative(text_file)}
+    if formulation != interpolants.RECTIFIED_FLOW:
+        if reflow_from is not None:
+            raise ValueError("reflow trains the velocity on the linear path: no --path, "
+                             "--target or --discrete-time with --reflow-from")
+        run.update(interpolant=formulation.path, kind=formulation.kind,
+                   discrete=formulation.discrete)
     if reflow_from is None:
         cfg = config(arch, width, depth, qk_norm)
         start = lambda: init(cfg, onp.random.default_rng(seed))  # noqa: E731
         batch_fn = flow_batches(encode_all(vae_params, data.images), data, text_params, text_cfg,
-                                scale, batch_size, density)
+                                scale, batch_size, density, formulation=formulation)
     else:
         teacher = load_models(reflow_from, vae_file, text_file)
         cfg, run["reflow_from"] = teacher["flow"][1], _relative(reflow_from)
@@ -232,7 +260,8 @@ def train_flow_command(out, arch, steps, batch_size, lr, seed, extra, workers, v
         print(f"resuming from {ckpt} at step {state.step}")
     t0 = time.perf_counter()
     state, losses = train_flow(state, cfg, batch_fn, steps, lr, cooldown=steps // 5,
-                               workers=workers, checkpoint_path=ckpt, run=run)
+                               workers=workers, checkpoint_path=ckpt, run=run,
+                               kind=formulation.kind)
     seconds = time.perf_counter() - t0
     checkpoint.save(out, state.ema, **run, config=cfg.to_dict(), latent_scale=scale, steps=steps,
                     workers=workers, images_seen=steps * batch_size,

@@ -127,6 +127,57 @@ def test_bad_latent_flow_arguments_are_refused_by_name(text, rng):
 
 
 
+# ----------------------------------------------------------------------------- chapter 11's walk
+
+@pytest.mark.ch11
+def test_a_formulation_sets_the_batches_path_times_and_the_losss_target(text, data, rng):
+    # DDPM's row: the VP path at the discrete times i / 1000, the noise as the target.
+    from minidiff import interpolants
+
+    form = interpolants.Formulation("vp", "eps", discrete=True)
+    b = latent_flow.flow_batches(fake_latents(300, rng), data, text[0], text[1], 0.5, 64,
+                                 density="uniform", formulation=form)(rng)
+    k = b["t"].astype(np.float64) * 1000
+    np.testing.assert_allclose(k, np.round(k), atol=1e-3)
+    a, s = form.process.alpha(b["t"]), form.process.sigma(b["t"])
+    np.testing.assert_allclose(b["xt"], a[:, None, None, None] * b["x0"]
+                               + s[:, None, None, None] * b["eps"], atol=1e-5)
+    np.testing.assert_allclose(b["dsigma"], form.process.dsigma(b["t"]), rtol=1e-5)
+    cfg = latent_flow.config("dit", width=16, depth=2)
+    params = tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(p.dtype),
+                      latent_flow.init(cfg, rng))
+    out = latent_flow.apply(params, b["xt"], b["t"], {k: b[k] for k in ("context", "mask")}, cfg)
+    assert float(latent_flow.flow_loss(cfg, params, b, kind="eps")) == pytest.approx(
+        float(np.mean((out - b["eps"]) ** 2)), rel=1e-5)
+
+
+@pytest.mark.ch11
+def test_an_eps_model_samples_through_its_velocity_and_any_sde(text, rng):
+    # The ODE of a noise model is run on its velocity (interpolants.fields); one Euler step from
+    # t = 1 to VP's t_min is x + (t_min - 1) v(x, 1), v converted from the guided noise.
+    from minidiff import interpolants, latent
+
+    cfg = latent_flow.config("dit", width=16, depth=2)
+    params = tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(p.dtype),
+                      latent_flow.init(cfg, rng))
+    form = interpolants.Formulation("vp", "eps")
+    models = {"flow": (params, cfg), "text": text[:2], "vae": latent.load_vae(SHIPPED["vae"]),
+              "formulation": form}
+    z1 = rng.standard_normal((2, 4, 7, 7)).astype(np.float32)
+    prompts = ["a 1", "a wide 0"]
+    _, z0 = latent_flow.sample(models, prompts, rng, steps=1, guidance=2.0, noise=z1,
+                               return_latents=True)
+    velocity_of_eps_model = latent_flow.guided_fields(models, prompts, 2.0)[0]
+    v = interpolants.convert(  # the raw guided output (read as a velocity: no conversion), as eps
+        latent_flow.guided_fields({**models, "formulation": interpolants.RECTIFIED_FLOW},
+                                  prompts, 2.0)[0](z1, 1.0), "eps", "velocity", z1,
+        form.process, 1.0)
+    np.testing.assert_allclose(velocity_of_eps_model(z1, 1.0), v, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(z0, z1 + (1e-3 - 1.0) * v, rtol=1e-4, atol=1e-4)
+    for w in interpolants.DIFFUSIONS:
+        assert np.isfinite(latent_flow.sample(models, prompts, rng, steps=3, solver=w)).all()
+
+
 def test_the_shipped_flow_names_the_digit_and_its_reflow_student_does_so_in_one_step(text):
     # 100 validation prompts (10 per class), sampling seed 0. The shipped flow at 10 Euler steps
     # and its chosen guidance 1.5 names the digit >= 90% (measured 98%; 98% on 1,000 prompts at

@@ -4,6 +4,8 @@
                                        [--guidance 1.5 3] [--out out/ch10/flow_table.json]
     python -m minidiff.tools.flow_eval reflow --teacher out/ch10/mmdit.npz
                                        --student out/ch10/mmdit_reflow.npz [--out ...]
+    python -m minidiff.tools.flow_eval walk --models out/ch11/{ddpm,vp_eps,...}.npz
+                                       [--per-class 50] [--out out/ch11/walk.json]
 
 **table**: for each model file, 1,000 held-out prompts of the validation digits (100 per class,
 ``latent.evaluation_prompts``) sampled at each ``--guidance`` (Euler, ``--steps`` steps, seed 0);
@@ -17,6 +19,8 @@ and reflowed student (guidance 1: the guidance is baked into its coupling) at 1,
 Euler steps, on the same test prompts and noise (a report: nothing is chosen on it): FD,
 agreement, adherence, and the straightness ``S`` of each flow on the latents (``flow.straightness``
 over 20 steps, 500 validation prompts).
+
+**walk** (chapter 11): SiT's table in miniature (``walk``'s docstring).
 """
 
 import argparse
@@ -42,14 +46,16 @@ def _prompts(thresholds, split, per_class):
     return prompts, labels
 
 
-def _run(models, prompts, labels, thresholds, clf, split, steps, guidance, seed=0):
+def _run(models, prompts, labels, thresholds, clf, split, steps, guidance, seed=0,
+         solver="euler"):
     from minidiff import latent_flow
 
     t0 = time.perf_counter()
     x = latent_flow.sample(models, prompts, onp.random.default_rng(seed), steps=steps,
-                           guidance=guidance)
+                           guidance=guidance, solver=solver)
     return {**_score(x, prompts, labels, thresholds, clf, split), "steps": steps,
-            "guidance": guidance, "sample_seconds": round(time.perf_counter() - t0, 1)}
+            "guidance": guidance, "solver": solver,
+            "sample_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def step_times(models, batch=128, repeats=5):
@@ -67,6 +73,7 @@ def step_times(models, batch=128, repeats=5):
          "context": rng.standard_normal((batch, 12, 64)).astype(onp.float32),
          "mask": onp.ones((batch, 12), bool),
          "pooled": rng.standard_normal((batch, 64)).astype(onp.float32)}
+    b.update(latent_flow.interpolants.Formulation().coefficients(b["t"], onp.float32))
     grads = {k: autograd.grad(lambda p, c=m["flow"][1]: latent_flow.flow_loss(c, p, b))
              for k, m in models.items()}
     times = {k: [] for k in models}
@@ -142,6 +149,45 @@ def reflow(args, thresholds, clf):
     return out
 
 
+def walk(args, thresholds, clf):
+    """Chapter 11: SiT's walk. Every model with the ODE (Heun, ``--steps`` steps), then the SDE
+    with each diffusion coefficient (Euler–Maruyama, ``2 --steps`` steps: the same evaluations)
+    on the model chosen by the ODE's validation FD among the velocity models on the linear and
+    GVP paths, and ``g2`` on the VP ones (the only path whose ``g²`` stays finite at ``t = 1``);
+    validation prompts throughout, the chosen model and sampler then on the test prompts."""
+    from minidiff import latent_flow
+
+    models = {Path(p).stem: latent_flow.load_models(p) for p in args.models}
+    val = _prompts(thresholds, "validation", args.per_class)
+    out = {"steps": args.steps, "per_class": args.per_class, "guidance": args.guidance,
+           "rows": {}}
+
+    def row(name, solver, split, prompts):
+        m = models[name]
+        steps = args.steps if solver == "heun" else 2 * args.steps
+        r = _run(m, *prompts, thresholds, clf, split, steps, args.guidance, solver=solver)
+        r.update(formulation=m["formulation"].name(), train_seconds=m["meta"]["train_seconds"],
+                 train_steps=m["meta"]["steps"], model=name)
+        print(name, solver, split, json.dumps(r), flush=True)
+        return r
+
+    for name in models:
+        out["rows"][f"{name} ode"] = row(name, "heun", "validation", val)
+    flows = [k for k, m in models.items() if m["formulation"].path != "vp"
+             and m["formulation"].kind == "velocity"]
+    best = min(flows, key=lambda k: out["rows"][f"{k} ode"]["fd"])
+    for w in ("sigma", "1-t", "sin2"):
+        out["rows"][f"{best} {w}"] = row(best, w, "validation", val)
+    for name in (k for k, m in models.items() if m["formulation"].path == "vp"):
+        out["rows"][f"{name} g2"] = row(name, "g2", "validation", val)
+    chosen = min((k for k in out["rows"] if k.startswith(best + " ")),
+                 key=lambda k: out["rows"][k]["fd"])
+    out["chosen"] = chosen
+    out["test"] = row(best, chosen.split(" ", 1)[1].replace("ode", "heun"), "test",
+                      _prompts(thresholds, "test", args.per_class))
+    return out
+
+
 def main(argv=None):
     from minidiff.images import SHIPPED, load_classifier
     from minidiff.nn.memory import keep_freed_memory
@@ -159,13 +205,18 @@ def main(argv=None):
     r.add_argument("--student", required=True)
     r.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 20])
     r.add_argument("--out", default="out/ch10/reflow.json")
-    for p in (t, r):
+    k = sub.add_parser("walk", help="chapter 11: SiT's walk, one axis at a time")
+    k.add_argument("--models", nargs="+", required=True, help="flow model files")
+    k.add_argument("--guidance", type=float, default=1.5)
+    k.add_argument("--steps", type=int, default=20, help="Heun steps (the SDE takes twice)")
+    k.add_argument("--out", default="out/ch11/walk.json")
+    for p in (t, r, k):
         p.add_argument("--per-class", type=int, default=100, help="prompts per class")
     args = ap.parse_args(argv)
     keep_freed_memory()
     _, _, thresholds = load_text_encoder(SHIPPED["clip"])
     clf = load_classifier(SHIPPED["classifier"])
-    result = (table if args.what == "table" else reflow)(args, thresholds, clf)
+    result = {"table": table, "reflow": reflow, "walk": walk}[args.what](args, thresholds, clf)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"-> {args.out}")
