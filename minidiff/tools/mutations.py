@@ -15,6 +15,8 @@ everything *survives*: a hole in the tests. ``make mutations`` runs the whole li
 **Each new chapter adds its own** (issue convention): the lines that are the chapter's idea, a
 sign, a factor, an index, each with the test file that should catch it.
 """
+# line budget: 360 -- MUTATIONS is data (four lines per entry) and grows by a dozen per chapter;
+# the code that runs them is under 80 lines.
 
 import argparse
 import os
@@ -249,6 +251,34 @@ MUTATIONS = [
       "return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * scale",
       "return x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + eps) * scale",
       ("tests/test_mmdit.py",)),
+    M("process.gvp_dsigma_sign", "minidiff/process.py",
+      "return 0.5 * onp.pi * np.cos(0.5 * onp.pi * _times(t))",
+      "return -0.5 * onp.pi * np.cos(0.5 * onp.pi * _times(t))", ("tests/test_interpolants.py",)),
+    M("process.gvp_sigma_full_angle", "minidiff/process.py",
+      "return np.sin(0.5 * onp.pi * _times(t))", "return np.sin(onp.pi * _times(t))",
+      ("tests/test_interpolants.py",)),
+    M("interpolants.sde_score_term_not_halved", "minidiff/interpolants.py",
+      "return lambda x, t: velocity(x, t) - 0.5 * w(t) * score(x, t)",
+      "return lambda x, t: velocity(x, t) - w(t) * score(x, t)", ("tests/test_interpolants.py",)),
+    M("interpolants.sde_noise_not_square_rooted", "minidiff/interpolants.py",
+      "x = x + math.sqrt(w_fn(t0) * (t0 - t1)) * rng.standard_normal(x.shape)",
+      "x = x + w_fn(t0) * math.sqrt(t0 - t1) * rng.standard_normal(x.shape)",
+      ("tests/test_interpolants.py",)),
+    M("interpolants.sit_score_sign", "minidiff/interpolants.py",
+      "return (lam * v - x) / (sigma * sigma - lam * dsigma * sigma)",
+      "return (lam * v - x) / (sigma * sigma + lam * dsigma * sigma)",
+      ("tests/test_interpolants.py",)),
+    M("interpolants.discrete_grid_off_by_one", "minidiff/interpolants.py",
+      "return rng.integers(1, DISCRETE_STEPS + 1, size=n) / DISCRETE_STEPS",
+      "return rng.integers(0, DISCRETE_STEPS, size=n) / DISCRETE_STEPS",
+      ("tests/test_interpolants.py",)),
+    M("interpolants.sin2_not_squared", "minidiff/interpolants.py",
+      "return math.sin(math.pi * t) ** 2", "return math.sin(math.pi * t)",
+      ("tests/test_interpolants.py",)),
+    M("latent_flow.loss_target_always_velocity", "minidiff/latent_flow.py",
+      'truth = target(kind, batch["x0"], batch["eps"], *coef)',
+      'truth = target("velocity", batch["x0"], batch["eps"], *coef)',
+      ("tests/test_latent_flow.py",)),
 ]
 
 
