@@ -255,6 +255,24 @@ def sample_metrics(x, mixture, rng):
             "finite": 1.0}
 
 
+def model_nll(velocity, formulation, x, rtol=1e-5, atol=1e-5, divergence=None):
+    """Mean ``-log p(x)`` in nats of 2D points under the model's own probability-flow ODE
+    ``dx/dt = v`` (``sde.log_likelihood`` with the exact divergence; Chen et al. 2018), from the
+    formulation's ``t_min`` to 1, where the prior is ``N(0, (alpha(1)² + sigma(1)²) I)``: exact for
+    the model, a proper score for comparing models (its minimum is the data's entropy).
+    ``divergence(x, t)`` replaces autograd's exact divergence (for fields autograd cannot
+    trace)."""
+    from . import sde
+
+    path = formulation.process
+    prior_var = float(path.alpha(1.0)) ** 2 + float(path.sigma(1.0)) ** 2
+    div = sde.exact_divergence(velocity) if divergence is None else divergence
+    logp, _, _ = sde.log_likelihood(velocity, div, x,
+                                    lambda z: sde.gaussian_logp(z, prior_var),
+                                    t_eps=formulation.t_min, t_end=1.0, rtol=rtol, atol=atol)
+    return float(-onp.mean(logp))
+
+
 def admissible(formulation, w):
     """Whether the diffusion ``w`` can start at ``t = 1`` on the formulation's path: ``g²`` is
     ``2t / (1 - t)`` on the linear path and ``pi tan(pi t / 2)`` on the GVP one, infinite at pure
@@ -263,26 +281,33 @@ def admissible(formulation, w):
     return w != "g2" or formulation.path == "vp"
 
 
-def toy_walk(mixture, train_steps=3000, n=2000, steps=50, seed=0, samplers=None):
+def toy_walk(mixture, train_steps=3000, n=2000, steps=50, seed=0, samplers=None, n_nll=500,
+             nll_tol=1e-4):
     """SiT's walk on 2D: each formulation of ``WALK`` trained ``train_steps`` steps on draws of
     ``mixture``, then sampled from the same ``n`` noises by the ODE (Heun, ``steps // 2`` steps)
     and by the SDE with each admissible diffusion (Euler–Maruyama, ``steps`` steps: the same
-    number of evaluations). Returns ``{"rows": [{"formulation", "sampler", "nll", "sw2",
-    "finite"}], "data": metrics of fresh mixture draws, "samples": {(name, sampler): x}}``."""
+    number of evaluations); each model's own likelihood of ``n_nll`` held-out draws by its ODE
+    (``model_nll``, ``solve_ivp`` at ``rtol = atol = nll_tol``). Returns ``{"rows":
+    [{"formulation", "sampler", "model_nll", "nll", "sw2", "finite"}], "data": the same metrics
+    of fresh mixture draws (its "model_nll": the entropy's estimate), "samples": {(name,
+    sampler): x}}``."""
     rng = onp.random.default_rng(seed)
     data = mixture.sample(20000, rng)
     x1 = rng.standard_normal((n, mixture.dim))
+    held_out = mixture.sample(n_nll, rng)
     samplers = ("ode", *DIFFUSIONS) if samplers is None else samplers
     rows, samples = [], {}
     for form in WALK:
         params, _ = fit_toy(form, data, train_steps, seed)
         velocity, score = toy_fields(params, form)
+        nll_model = model_nll(velocity, form, held_out, nll_tol, nll_tol)
         for name in (s for s in samplers if admissible(form, s)):
             with onp.errstate(all="ignore"):
                 x = sample(velocity, score, form, x1, steps // 2 if name == "ode" else steps,
                            onp.random.default_rng(seed + 1), name)
             samples[form.name(), name] = x
-            rows.append({"formulation": form.name(), "sampler": name,
+            rows.append({"formulation": form.name(), "sampler": name, "model_nll": nll_model,
                          **sample_metrics(x, mixture, onp.random.default_rng(seed + 2))})
     data_row = sample_metrics(mixture.sample(n, rng), mixture, onp.random.default_rng(seed + 2))
+    data_row["model_nll"] = float(-onp.mean(mixture.log_prob(held_out)))  # the entropy's estimate
     return {"rows": rows, "samples": samples, "data": data_row}
