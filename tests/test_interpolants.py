@@ -134,6 +134,20 @@ def test_the_sde_for_every_diffusion_coefficient_and_the_ode_keep_the_marginals(
             assert d < limit, f"{name}, {label}: KS {d:.3f} >= {limit:.3f} at t = {t}"
 
 
+@pytest.mark.parametrize("name", ["vp", "gvp"])
+def test_heun_on_each_interpolants_ode_is_second_order_against_solve_ivp(name, rng):
+    # Chapter 10 shows it on the linear path; the curved paths too: the error against
+    # sde.solve_ode (RK45 at 1e-10) falls ~4x per doubling of the steps (log-log slope ~ 2).
+    path = PATHS[name]
+    v = process.oracle(MIX, path, "velocity")
+    x = rng.standard_normal((20, 2))
+    ref, _ = sde.solve_ode(v, x, 0.98, 0.05, rtol=1e-10, atol=1e-10)
+    errs = [np.abs(interpolants.sample_ode(v, x, np.linspace(0.98, 0.05, n + 1)) - ref).max()
+            for n in (16, 32, 64)]
+    slopes = -np.diff(np.log2(errs))
+    assert np.all(slopes > 1.7), slopes
+
+
 def test_with_w_equal_to_g_squared_the_sde_is_andersons_reverse_sde(rng):
     # On the VP path, v = f x - g²/2 s and w = g² make the drift f x - g² s: the same numbers as
     # chapter 4's Euler–Maruyama, step by step, from the same noise (1e-12).
