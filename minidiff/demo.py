@@ -178,8 +178,35 @@ def demo_chapter10(out, fast, seed=0):
         plot.save(plot.prompt_rows(x, list(DEMO_PROMPTS), per_prompt), out / f"10_{name}.png")
 
 
+def demo_chapter11(out, fast, seed=0):
+    """The shipped model of SiT's walk sampled twice from the same noise: by the ODE (Heun) and
+    by the SDE with ``w_t = sigma_t`` (Euler–Maruyama, the same number of network calls)."""
+    from . import latent_flow
+    from .captions import parse
+    from .images import load_classifier
+    from .models import classifier
+
+    print("Chapter 11 — SiT's interpolants (shipped weights)")
+    models = latent_flow.load_models(SHIPPED["sit"])
+    per_prompt = 4 if fast else 8
+    prompts = [p for p in DEMO_PROMPTS for _ in range(per_prompt)]
+    z = np.random.default_rng(seed).standard_normal((len(prompts), 4, 7, 7)).astype(np.float32)
+    clf = load_classifier(SHIPPED["classifier"])
+    named = np.array([parse(p)[0] for p in prompts])
+    steps = 5 if fast else 20
+    print(f"  the model: {models['formulation'].name()}")
+    for solver, n in (("heun", steps), ("sigma", 2 * steps)):
+        t0 = time.perf_counter()
+        x = latent_flow.sample(models, prompts, np.random.default_rng(seed), steps=n,
+                               guidance=1.5, solver=solver, noise=z)
+        agree = np.mean(classifier.predict(clf, x) == named)
+        print(f"  {'ODE (Heun)' if solver == 'heun' else 'SDE, w = sigma_t'}, {n} steps, "
+              f"{time.perf_counter() - t0:.0f} s: the digit named in {100 * agree:.0f}%")
+        plot.save(plot.prompt_rows(x, list(DEMO_PROMPTS), per_prompt), out / f"11_{solver}.png")
+
+
 def run(out="out", fast=False, seed=0):
-    """Every chapter's demo in order (chapters 1, 6, 8, 9 and 10 so far); returns the seconds
+    """Every chapter's demo in order (chapters 1, 6, 8, 9, 10 and 11 so far); returns the seconds
     taken.
     Sets the allocator option of ``nn.memory`` for this process (an entry point's choice)."""
     from .nn.memory import keep_freed_memory
@@ -193,6 +220,7 @@ def run(out="out", fast=False, seed=0):
     demo_chapter8(out, fast, seed)
     demo_chapter9(out, fast, seed, unet_samples)
     demo_chapter10(out, fast, seed)
+    demo_chapter11(out, fast, seed)
     seconds = time.perf_counter() - t0
     print(f"figures in {out}/ ; demo took {seconds:.0f} s")
     return seconds

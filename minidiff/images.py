@@ -30,7 +30,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
 # vae, clip, ldm: chapter 8's autoencoder, text encoder and latent model
 SHIPPED = {name: WEIGHTS_DIR / f"{name}_mnist.npz"
            for name in ("unet", "dit", "classifier", "noisy_classifier", "unet_small", "vae",
-                        "clip", "ldm", "flow", "reflow", "mmdit")}
+                        "clip", "ldm", "flow", "reflow", "mmdit", "sit")}
 
 
 def path_coefficients(sched, dtype=onp.float32):

@@ -193,6 +193,18 @@ def test_sample_counts_that_cannot_be_honoured_are_one_line_errors(argv, message
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["train", "unet", "--target", "velocity"], "--target velocity is not a target of unet"),
+    (["train", "mmdit", "--target", "v"], "--target v is not a target of mmdit"),
+    (["train", "flow-dit", "--path", "gvp", "--discrete-time"], "defined on the 'vp' path"),
+])
+def test_a_formulation_that_does_not_exist_is_a_one_line_error(argv, message, tmp_path, capsys):
+    # chapter 11's --path / --target / --discrete-time, refused before any work
+    assert main(argv + ["--out", str(tmp_path / "m.npz")]) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
     (["sample", "--n", "0"], "expected a positive integer, got '0'"),
     (["sample", "--n", "-10"], "expected a positive integer"),
     (["sample", "--workers", "0"], "expected a positive integer"),
