@@ -126,9 +126,17 @@ def sit_score_from_velocity(v, x, alpha, sigma, dalpha, dsigma):
 
 def fields(predict, kind, path):
     """``(velocity(x, t), score(x, t))`` of a network ``predict(x, t)`` (``t`` scalar) that outputs
-    ``kind``: the two fields every sampler of this chapter needs, converted on ``path``."""
-    velocity = lambda x, t: convert(predict(x, t), kind, "velocity", x, path, t)  # noqa: E731
-    score = lambda x, t: convert(predict(x, t), kind, "score", x, path, t)  # noqa: E731
+    ``kind``: the two fields every sampler of this chapter needs, converted on ``path``. Both read
+    one network call: asked at the same ``(x, t)`` (the same array object), the second reuses the
+    first's prediction, so an SDE step costs one evaluation like an Euler step."""
+    last = {}
+
+    def once(x, t):
+        if not (last.get("x") is x and last.get("t") == t):  # holding x keeps its id unique
+            last.update(x=x, t=t, out=predict(x, t))
+        return last["out"]
+    velocity = lambda x, t: convert(once(x, t), kind, "velocity", x, path, t)  # noqa: E731
+    score = lambda x, t: convert(once(x, t), kind, "score", x, path, t)  # noqa: E731
     return velocity, score
 
 

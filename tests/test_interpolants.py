@@ -171,6 +171,21 @@ def test_with_w_zero_the_sde_is_the_ode_by_euler(rng):
         flow.euler(velocity, x, ts))
 
 
+def test_an_sde_step_calls_the_network_once_like_an_euler_step(rng):
+    calls = []
+
+    def net(x, t):
+        calls.append(t)
+        return -x
+    velocity, score = interpolants.fields(net, "eps", process.GVP())
+    x = rng.standard_normal((10, 2))
+    ts = np.linspace(1.0, 0.0, 9)
+    interpolants.sample_sde(velocity, score, process.GVP(), "sigma", x, ts, rng)
+    assert calls == list(ts[:-1])
+    np.testing.assert_array_equal(score(x, 0.5), score(x + 0.0, 0.5))  # a new array: a new call
+    assert len(calls) == 10
+
+
 def test_the_diffusion_coefficients_are_the_stated_functions():
     gvp, t = process.GVP(), 0.3
     assert interpolants.diffusion("sigma", gvp, t) == pytest.approx(math.sin(0.15 * math.pi))
