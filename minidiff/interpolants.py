@@ -180,9 +180,12 @@ def sample_sde(velocity, score, path, w, x, ts, rng, return_path=False, denoise=
     drift = sde_drift(velocity, score, w_fn)
     out = [x]
     for k, (t0, t1) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
+        # BEGIN EXERCISE 11.3: one Euler–Maruyama step backwards in time, without noise on the
+        #   last step when denoising (Euler–Maruyama: Kloeden & Platen 1992); notebook 11, section 3
         x = x + (t1 - t0) * drift(x, t0)
         if not (denoise and k == len(ts) - 2):
             x = x + math.sqrt(w_fn(t0) * (t0 - t1)) * rng.standard_normal(x.shape)
+        # END EXERCISE
         out.append(x)
     return onp.stack(out) if return_path else x
 

@@ -102,7 +102,7 @@ def ks_statistic(a, b, directions):
     return max(stats.ks_2samp(a @ d, b @ d).statistic for d in directions)
 
 
-@pytest.mark.exercise("11.1")
+@pytest.mark.exercise("11.1", "11.3")
 @pytest.mark.parametrize("name", sorted(PATHS))
 def test_the_sde_for_every_diffusion_coefficient_and_the_ode_keep_the_marginals(name):
     # Start from exact draws of p_t at t = 0.98, run the exact oracle's SDE (each w_t of
@@ -148,6 +148,7 @@ def test_heun_on_each_interpolants_ode_is_second_order_against_solve_ivp(name, r
     assert np.all(slopes > 1.7), slopes
 
 
+@pytest.mark.exercise("11.3")
 def test_with_w_equal_to_g_squared_the_sde_is_andersons_reverse_sde(rng):
     # On the VP path, v = f x - g²/2 s and w = g² make the drift f x - g² s: the same numbers as
     # chapter 4's Euler–Maruyama, step by step, from the same noise (1e-12).
@@ -161,6 +162,7 @@ def test_with_w_equal_to_g_squared_the_sde_is_andersons_reverse_sde(rng):
     np.testing.assert_allclose(ours, ch4, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.exercise("11.3")
 def test_with_w_zero_the_sde_is_the_ode_by_euler(rng):
     path = process.GVP()
     velocity, score = oracle_fields(path)
