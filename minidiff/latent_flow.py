@@ -159,6 +159,9 @@ def sample(models, prompts, rng, steps=20, guidance=2.0, solver="euler", shift=1
     z = rng.standard_normal((len(prompts), vae.LATENT_CHANNELS, 7, 7)).astype(onp.float32) \
         if noise is None else onp.asarray(noise, onp.float32)
     form = models.get("formulation", interpolants.RECTIFIED_FLOW)
+    if not interpolants.admissible(form, solver):
+        raise ValueError(f"`solver` {solver!r} cannot start at t = 1 on the {form.path!r} path "
+                         "(its g² is infinite there): use the ODE or another diffusion")
     ts = flow.time_grid(steps, shift, t_min=form.t_min)
 
     def run(k):

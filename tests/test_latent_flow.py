@@ -124,6 +124,8 @@ def test_bad_latent_flow_arguments_are_refused_by_name(text, rng):
         latent_flow.sample(models, [], rng)
     with pytest.raises(ValueError, match="`solver`"):
         latent_flow.sample(models, ["a 1"], rng, solver="rk4")
+    with pytest.raises(ValueError, match="g² is infinite"):  # chapter 11: g² on the linear path
+        latent_flow.sample(models, ["a 1"], rng, solver="g2")
 
 
 
