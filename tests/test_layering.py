@@ -41,7 +41,7 @@ def imports_of(path):
 
 
 # Layers, bottom to top: a module may import from its own layer group only where the rule says.
-CHAPTERS = ["score", "dsm", "ddpm", "sde", "samplers", "flow", "metrics", "interpolants",
+CHAPTERS = ["score", "dsm", "ddpm", "sde", "samplers", "flow", "metrics", "interpolants", "distill",
             "plot"]  # story order
 
 

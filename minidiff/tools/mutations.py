@@ -275,6 +275,15 @@ MUTATIONS = [
     M("interpolants.sin2_not_squared", "minidiff/interpolants.py",
       "return math.sin(math.pi * t) ** 2", "return math.sin(math.pi * t)",
       ("tests/test_interpolants.py",)),
+    M("samplers.dpm3m_second_difference_halved", "minidiff/samplers.py",
+      "x = x + phi_2 * first - 2.0 * (phi_2 / h - 0.5) * second",
+      "x = x + phi_2 * first - (phi_2 / h - 0.5) * second", ("tests/test_samplers.py",)),
+    M("distill.target_ratio_inverted", "minidiff/distill.py",
+      'ratio = per_sample(sigma_next, z, "sigma_next") / per_sample(sigma, z, "sigma", '
+      'positive=True)',
+      'ratio = per_sample(sigma, z, "sigma_next") / per_sample(sigma_next, z, "sigma", '
+      'positive=True)',
+      ("tests/test_distill.py",)),
     M("latent_flow.loss_target_always_velocity", "minidiff/latent_flow.py",
       'truth = target(kind, batch["x0"], batch["eps"], *coef)',
       'truth = target("velocity", batch["x0"], batch["eps"], *coef)',
