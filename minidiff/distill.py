@@ -1,6 +1,8 @@
 """Chapter 12 — few-step sampling and distillation (in progress: issue 27).
 
-So far: **progressive distillation's target** (Salimans & Ho 2022, Algorithm 2). A student learns
+So far: the consistency function's parametrisation and the multistep consistency sampler
+(``consistency_scalings``, ``consistency_function``, ``multistep_sample``; below), and
+**progressive distillation's target** (Salimans & Ho 2022, Algorithm 2). A student learns
 to take in one DDIM step what its teacher takes in two. On a path ``z_t = alpha_t x + sigma_t eps``
 the deterministic DDIM step from ``t`` to ``s`` with a prediction ``x_hat`` of the data is
 
@@ -14,9 +16,27 @@ exactly where the teacher's two did:
 
 (their Algorithm 2, the line defining ``x_tilde``; ``distillation_target``). A test holds the
 identity with the exact mixture teacher in float64.
+
+**Consistency models** (Song et al. 2023) learn ``f(x, sigma)``: the end at ``sigma_min`` of the
+probability-flow ODE's trajectory through ``x`` at ``sigma`` (in the sigma frame of
+``samplers.py``). The boundary condition ``f(x, sigma_min) = x`` is built into the network,
+
+    f(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, ln(sigma) / 4),
+    c_skip = sd² / ((sigma - sigma_min)² + sd²),
+    c_out = (sigma - sigma_min) sd / sqrt(sigma² + sd²)
+
+(EDM's scalings shifted so that ``c_skip = 1`` and ``c_out = 0`` at ``sigma_min``; the values of
+the paper's code, ``get_scalings_for_boundary_condition``, with ``c_in = 1 / sqrt(sigma² +
+sd²)`` and EDM's ``c_noise``). Sampling evaluates ``f`` at the noise, then alternately adds noise
+back to a lower level ``tau`` and evaluates ``f`` again (their Algorithm 1).
 """
 
-from .targets import per_sample
+import math
+
+import numpy as onp
+from autograd.tracer import getval
+
+from .targets import check_positive, per_sample
 
 
 def ddim_step(x_hat, z, alpha, sigma, alpha_next, sigma_next):
@@ -46,3 +66,44 @@ def distillation_target(z, z_next, alpha, sigma, alpha_next, sigma_next):
     ratio = per_sample(sigma_next, z, "sigma_next") / per_sample(sigma, z, "sigma", positive=True)
     return (z_next - ratio * z) / (per_sample(alpha_next, z, "alpha_next")
                                    - ratio * per_sample(alpha, z, "alpha"))
+
+
+# ----------------------------------------------------------------------------- consistency models
+
+def consistency_scalings(sigma, sigma_min=0.002, sigma_data=0.5):
+    """``(c_skip, c_out, c_in)`` of the consistency parametrisation at ``sigma >= sigma_min``
+    (module docstring): ``c_skip(sigma_min) = 1`` and ``c_out(sigma_min) = 0`` exactly."""
+    sigma = onp.asarray(getval(sigma), dtype=onp.float64)
+    check_positive(sigma_min, "sigma_min", why=": the consistency function's smallest level")
+    check_positive(sigma_data, "sigma_data", why=": it is the data's standard deviation")
+    if not onp.all(sigma >= sigma_min):
+        raise ValueError(f"`sigma` must be >= sigma_min = {sigma_min} (got {sigma.min()})")
+    total = sigma**2 + sigma_data**2
+    return (sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2),
+            (sigma - sigma_min) * sigma_data / onp.sqrt(total), 1.0 / onp.sqrt(total))
+
+
+def consistency_function(net, sigma_min=0.002, sigma_data=0.5):
+    """``f(params, x, sigma) = c_skip x + c_out net(params, c_in x, ln(sigma) / 4)`` from a raw
+    network ``net(params, x, c_noise)``; ``sigma`` per sample ``(N,)`` or a scalar."""
+    def f(params, x, sigma):
+        c_skip, c_out, c_in = consistency_scalings(sigma, sigma_min, sigma_data)
+        c_noise = (0.25 * onp.log(onp.asarray(getval(sigma), onp.float64))).astype(x.dtype)
+        c_skip, c_out, c_in = (per_sample(c.astype(x.dtype), x) for c in (c_skip, c_out, c_in))
+        return c_skip * x + c_out * net(params, c_in * x, c_noise)
+    return f
+
+
+def multistep_sample(f, x, sigma_max, taus, rng, sigma_min=0.002):
+    """Song et al. (2023), Algorithm 1: ``x <- f(x, sigma_max)`` from noise ``x`` of std
+    ``sigma_max``, then for each ``tau`` in ``taus`` (decreasing, in ``(sigma_min, sigma_max)``):
+    ``x <- f(x + sqrt(tau² - sigma_min²) z, tau)``. ``f(x, sigma)`` takes a scalar ``sigma``;
+    ``len(taus) + 1`` evaluations in all."""
+    if not isinstance(rng, onp.random.Generator):
+        raise TypeError(f"`rng` must be a numpy.random.Generator (got {type(rng).__name__})")
+    if any(not sigma_min < tau < sigma_max for tau in taus) or list(taus) != sorted(taus)[::-1]:
+        raise ValueError(f"`taus` must decrease within ({sigma_min}, {sigma_max}) (got {taus!r})")
+    x = f(x, sigma_max)
+    for tau in taus:
+        x = f(x + math.sqrt(tau**2 - sigma_min**2) * rng.standard_normal(x.shape), tau)
+    return x

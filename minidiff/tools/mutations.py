@@ -284,6 +284,13 @@ MUTATIONS = [
       'ratio = per_sample(sigma, z, "sigma_next") / per_sample(sigma_next, z, "sigma", '
       'positive=True)',
       ("tests/test_distill.py",)),
+    M("distill.consistency_c_out_not_shifted", "minidiff/distill.py",
+      "(sigma - sigma_min) * sigma_data / onp.sqrt(total), 1.0 / onp.sqrt(total))",
+      "sigma * sigma_data / onp.sqrt(total), 1.0 / onp.sqrt(total))", ("tests/test_distill.py",)),
+    M("distill.multistep_renoise_to_the_top", "minidiff/distill.py",
+      "x = f(x + math.sqrt(tau**2 - sigma_min**2) * rng.standard_normal(x.shape), tau)",
+      "x = f(x + math.sqrt(sigma_max**2 - sigma_min**2) * rng.standard_normal(x.shape), tau)",
+      ("tests/test_distill.py",)),
     M("latent_flow.loss_target_always_velocity", "minidiff/latent_flow.py",
       'truth = target(kind, batch["x0"], batch["eps"], *coef)',
       'truth = target("velocity", batch["x0"], batch["eps"], *coef)',
