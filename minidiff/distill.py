@@ -78,9 +78,9 @@ def consistency_scalings(sigma, sigma_min=0.002, sigma_data=0.5):
     check_positive(sigma_data, "sigma_data", why=": it is the data's standard deviation")
     if not onp.all(sigma >= sigma_min):
         raise ValueError(f"`sigma` must be >= sigma_min = {sigma_min} (got {sigma.min()})")
-    total = sigma**2 + sigma_data**2
+    root = onp.sqrt(sigma**2 + sigma_data**2)
     return (sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2),
-            (sigma - sigma_min) * sigma_data / onp.sqrt(total), 1.0 / onp.sqrt(total))
+            (sigma - sigma_min) * sigma_data / root, 1.0 / root)
 
 
 def consistency_function(net, sigma_min=0.002, sigma_data=0.5):

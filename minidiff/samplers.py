@@ -191,7 +191,7 @@ def dpm_solver_pp_3m(denoiser, x, sigmas):
         if s_next == 0:
             x = denoised
         else:
-            h = math.log(s / s_next)
+            h = math.log(s) - math.log(s_next)  # lambda_next - lambda
             phi_2 = math.expm1(-h) / h + 1.0
             x = (s_next / s) * x - math.expm1(-h) * denoised
             if h2 is not None:
