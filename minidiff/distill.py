@@ -36,14 +36,13 @@ import math
 import numpy as onp
 from autograd.tracer import getval
 
-from .targets import check_positive, per_sample
+from .targets import check_positive, eps_from_x0, per_sample
 
 
 def ddim_step(x_hat, z, alpha, sigma, alpha_next, sigma_next):
     """One deterministic DDIM step on any Gaussian path: keep the implied noise ``eps_hat`` and
     move the coefficients, ``z' = alpha' x_hat + sigma' (z - alpha x_hat) / sigma``."""
-    eps_hat = (z - per_sample(alpha, z, "alpha") * x_hat) / per_sample(sigma, z, "sigma",
-                                                                         positive=True)
+    eps_hat = eps_from_x0(x_hat, z, alpha, sigma)
     return per_sample(alpha_next, z, "alpha_next") * x_hat \
         + per_sample(sigma_next, z, "sigma_next") * eps_hat
 

@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from minidiff import interpolants, latent_flow, plot, process, sde
+from minidiff import interpolants, latent_flow, plot, process, sde, targets
 from minidiff.datasets import gmm8
 from minidiff.images import SHIPPED, WEIGHTS_DIR
 from minidiff.nn.memory import keep_freed_memory
@@ -79,8 +79,8 @@ for name, path in PATHS.items():
     inner = t_grid[2:-2]
     axes[1].plot(inner, np.log(path.snr(inner)), label=name)
     grad = autograd.jacobian(lambda tt, p=path: p.alpha(tt) * x0_demo + p.sigma(tt) * eps_demo)
-    worst[name] = max(float(np.abs(grad(t) - (path.dalpha(t) * x0_demo
-                                              + path.dsigma(t) * eps_demo)).max())
+    worst[name] = max(float(np.abs(grad(t) - targets.target(
+        "velocity", x0_demo, eps_demo, *interpolants.coefficients(path, t))).max())
                       for t in inner[::10])
     axes[2].plot(inner, path.dalpha(inner) ** 2 + path.dsigma(inner) ** 2, label=name)
 axes[0].set_title("alpha_t and sigma_t")
