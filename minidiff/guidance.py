@@ -90,9 +90,9 @@ def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10, inter
     interval = check_interval(interval)
     guidance = check_scale(guidance)
 
-    def eps_fn(x, i):
+    def eps_fn(x, i):  # i: the step, a scalar or one per image (N,)
         n = x.shape[0]
-        t = onp.full(n, i, onp.float32)
+        t = onp.broadcast_to(onp.asarray(i, onp.float32), (n,))
         if guidance == 1.0 or (interval is not None and not interval[0] <= i < interval[1]):
             return apply(params, x, t, labels, config)
         if guidance == 0.0 and bad is None:  # the unconditional model alone: one call, not two
@@ -101,7 +101,7 @@ def guided_eps(apply, params, config, labels, guidance=2.0, null_label=10, inter
             bad_apply, bad_params, bad_config = bad
             return guide(apply(params, x, t, labels, config),
                          bad_apply(bad_params, x, t, labels, bad_config), guidance)
-        both = apply(params, onp.concatenate([x, x]), onp.full(2 * n, i, onp.float32),
+        both = apply(params, onp.concatenate([x, x]), onp.concatenate([t, t]),
                      onp.concatenate([labels, onp.full(n, null_label)]), config)
         eps_c, eps_u = both[:n], both[n:]  # (N, C, H, W) each
         return guide(eps_c, eps_u, guidance)

@@ -13,6 +13,9 @@ time ``t`` sees ``x / alpha`` with ``sigma = sigma(t) / alpha(t)``). The sampler
   exact in the linear part by working in ``log sigma``.
 - ``dpm_solver_pp_3m``: the third-order multistep member of the family, in k-diffusion's form.
 
+Grids: ``karras_sigmas`` (Karras et al. 2022, eq. (5)) and ``lambda_sigmas`` (uniform in
+``log sigma``, DPM-Solver's).
+
 ``denoiser(x, sigma)`` takes a scalar ``sigma``; a grid ends with 0.
 """
 
@@ -59,6 +62,18 @@ def karras_sigmas(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
     inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
     return onp.append(inv**rho, 0.0)
     # END EXERCISE
+
+
+def lambda_sigmas(n, sigma_min, sigma_max):
+    """``n`` levels uniform in ``lambda = -log sigma`` from ``sigma_max`` down to ``sigma_min``,
+    then a final 0: DPM-Solver's "logSNR" grid (Lu et al. 2022, sec. 3.3: uniform in half the
+    log-SNR), the grid its step sizes ``h`` are measured on. Against Karras et al.'s ``rho = 7``
+    it spends fewer levels near ``sigma_min`` and more at high noise."""
+    if not (isinstance(n, int | onp.integer) and n >= 2):
+        raise ValueError(f"`n` must be an integer >= 2 (got {n!r})")
+    if not 0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(f"need 0 < `sigma_min` < `sigma_max` (got {sigma_min}, {sigma_max})")
+    return onp.append(onp.exp(onp.linspace(math.log(sigma_max), math.log(sigma_min), n)), 0.0)
 
 
 def _check(sigmas):
