@@ -92,9 +92,12 @@ def distillation_target(z, z_next, alpha, sigma, alpha_next, sigma_next):
     from ``z`` (at ``alpha, sigma``) reaches the teacher's ``z_next`` (at ``alpha_next,
     sigma_next``): ``(z_next - (sigma_next / sigma) z) / (alpha_next - (sigma_next / sigma)
     alpha)``."""
+    # BEGIN EXERCISE 12.1: progressive distillation's target (Salimans & Ho 2022, Algorithm 2);
+    #   notebook 12, section 2
     ratio = per_sample(sigma_next, z, "sigma_next") / per_sample(sigma, z, "sigma", positive=True)
     return (z_next - ratio * z) / (per_sample(alpha_next, z, "alpha_next")
                                    - ratio * per_sample(alpha, z, "alpha"))
+    # END EXERCISE
 
 
 # ----------------------------------------------------------------------------- consistency models
@@ -107,9 +110,12 @@ def consistency_scalings(sigma, sigma_min=0.002, sigma_data=0.5):
     check_positive(sigma_data, "sigma_data", why=": it is the data's standard deviation")
     if not onp.all(sigma >= sigma_min):
         raise ValueError(f"`sigma` must be >= sigma_min = {sigma_min} (got {sigma.min()})")
+    # BEGIN EXERCISE 12.2: the consistency scalings with the boundary condition built in (Song et
+    #   al. 2023, their code's get_scalings_for_boundary_condition); notebook 12, section 3
     root = onp.sqrt(sigma**2 + sigma_data**2)
     return (sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2),
             (sigma - sigma_min) * sigma_data / root, 1.0 / root)
+    # END EXERCISE
 
 
 def consistency_function(net, sigma_min=0.002, sigma_data=0.5):
@@ -132,10 +138,13 @@ def multistep_sample(f, x, sigma_max, taus, rng, sigma_min=0.002):
         raise TypeError(f"`rng` must be a numpy.random.Generator (got {type(rng).__name__})")
     if any(not sigma_min < tau < sigma_max for tau in taus) or list(taus) != sorted(taus)[::-1]:
         raise ValueError(f"`taus` must decrease within ({sigma_min}, {sigma_max}) (got {taus!r})")
+    # BEGIN EXERCISE 12.4: multistep consistency sampling (Song et al. 2023, Algorithm 1);
+    #   notebook 12, section 3
     x = f(x, sigma_max)
     for tau in taus:
         x = f(x + math.sqrt(tau**2 - sigma_min**2) * rng.standard_normal(x.shape), tau)
     return x
+    # END EXERCISE
 
 
 def denoiser_scalings(sigma, sigma_min=0.002, sigma_data=0.5):
@@ -210,8 +219,11 @@ def consistency_batch(teacher, target_f, x0, levels, rng, noise=None):
     n = rng.integers(0, len(levels) - 1, size=len(x0))
     z = rng.standard_normal(x0.shape).astype(x0.dtype) if noise is None else noise
     x = x0 + per_sample(levels[n].astype(x0.dtype), x0) * z
+    # BEGIN EXERCISE 12.3: the consistency distillation pair: the teacher's ODE step and the
+    #   target network's output (Song et al. 2023, Algorithm 2); notebook 12, section 3
     x_hat = heun_step(teacher, x, levels[n], levels[n + 1])
     return {"x": x, "sigma": levels[n], "target": target_f(x_hat, levels[n + 1])}
+    # END EXERCISE
 
 
 def consistency_training_batch(x0, levels, rng, probabilities=None):
@@ -279,346 +291,102 @@ def toy_consistency_model(sigma_min=0.002, sigma_data=1.0):
 
 
 def fit_toy_consistency(mixture, steps=2000, levels=18, sigma_max=20.0, sigma_min=0.002,
-                        mu=0.95, batch_size=256, lr=1e-3, seed=0, teacher=None, hidden=128):
-    """Consistency distillation on 2D data (Song et al. 2023, Algorithm 2) from ``teacher``
-    (the exact ``mixture_denoiser`` by default): Karras et al.'s grid of ``levels`` levels on
-    ``[sigma_min, sigma_max]``, the teacher's Heun step, the squared distance, the target network
-    the EMA of the student with decay ``mu``. Returns ``(f, params, losses)``."""
+                        mu=0.95, batch_size=256, lr=1e-3, seed=0, teacher="exact", hidden=128):
+    """A consistency model of 2D data (an MLP, ``toy_consistency_model``), two ways:
+
+    - **distillation** (Song et al. 2023, Algorithm 2) from ``teacher`` (``"exact"``: the
+      ``mixture_denoiser``; or any ``D(x, sigma)``): Karras et al.'s grid of ``levels`` levels
+      on ``[sigma_min, sigma_max]``, the teacher's Heun step, the squared distance, the target
+      network the EMA of the student with decay ``mu``;
+    - **training** without a teacher (``teacher=None``; Song & Dhariwal 2023's improvements):
+      the pair shares its noise (``consistency_training_batch``), the grid grows by
+      ``ict_levels``, pairs are drawn by ``ict_level_probabilities``, each weighted by ``1 /
+      (sigma_n - sigma_{n+1})``, the distance is ``pseudo_huber`` with ``c = 0.00054 sqrt(d)``,
+      and the target network is the student itself (no EMA: ``mu`` is ignored).
+
+    Returns ``(f, params, losses)``."""
+    import autograd.numpy as anp
+
     from . import train
     from .models import mlp
 
     x_data = mixture.sample(200_000, onp.random.default_rng(seed))
     sigma_data = float(onp.sqrt(x_data.var(0).mean()))
     f = toy_consistency_model(sigma_min, sigma_data)
-    teacher = teacher or mixture_denoiser(mixture)
+    distil = teacher is not None
+    teacher = mixture_denoiser(mixture) if teacher == "exact" else teacher
     grid = samplers.karras_sigmas(levels, sigma_min, sigma_max)[:-1]
     grid[-1] = sigma_min
     state = train.init_state(mlp.init(onp.random.default_rng(seed), hidden=hidden, depth=3,
                                       emb_dim=32, dtype=onp.float64), seed + 1)
-    target = {"params": state.ema}
+    target, huber_c = {"params": state.ema}, 0.00054 * math.sqrt(x_data.shape[1])
 
     def batch_fn(rng):
         x0 = x_data[rng.integers(0, len(x_data), size=batch_size)]
-        return consistency_batch(teacher, lambda x, s: f(target["params"], x, s), x0, grid, rng)
+        if distil:
+            b = consistency_batch(teacher, lambda x, s: f(target["params"], x, s), x0, grid, rng)
+            return {**b, "weight": onp.ones(batch_size)}
+        lv = ict_levels(target["step"], steps, sigma_min, sigma_max)
+        b = consistency_training_batch(x0, lv, rng, ict_level_probabilities(lv))
+        return {"x": b["x"], "sigma": b["sigma"], "weight": 1.0 / (b["sigma"] - b["sigma_next"]),
+                "target": f(target["params"], b["x_next"], b["sigma_next"])}
 
     def loss(params, batch):
-        import autograd.numpy as anp
-
-        return anp.mean(anp.sum((f(params, batch["x"], batch["sigma"]) - batch["target"]) ** 2,
-                                axis=1))
+        out = f(params, batch["x"], batch["sigma"])
+        dist = anp.sum((out - batch["target"]) ** 2, axis=1) if distil \
+            else pseudo_huber(out, batch["target"], huber_c)
+        return anp.mean(batch["weight"] * dist)
     losses = []
+    target["step"] = 0
     for record in train.train(loss, state, batch_fn, steps, lr=lr, warmup=100,
                               cooldown=steps // 5, ema=mu, ema_warmup=False):
-        target["params"] = record["state"].ema
-        losses.append(record["loss"])
         state = record["state"]
+        target.update(params=state.ema if distil else state.params, step=state.step)
+        losses.append(record["loss"])
     return f, state.params, onp.asarray(losses)
 
 
-# ----------------------------------------------------------------------------- on MNIST
-# The teacher is the shipped chapter 6 U-Net (noise prediction on DDPM's linear chain) with
-# classifier-free guidance folded in; every student is a U-Net of the same shape predicting v
-# (Salimans & Ho 2022, sec. 4: at high noise ``x0`` from ``eps`` divides by ``alpha ≈ 0.006``,
-# from ``v`` it does not), conditioned on the label, evaluated in the sigma frame at the chain's
-# fractional step (``samplers.denoiser_from_path``'s rule).
-
-def on_chain(chain, x, sigma):
-    """``(z, t, alpha, sigma_vp)``: the sigma-frame state ``x`` at level ``sigma`` (per sample or
-    scalar) as the chain's network sees it, ``z = alpha x`` at fractional step ``t``."""
-    s = onp.broadcast_to(onp.asarray(getval(sigma), dtype=onp.float64), (len(x),))
-    alpha = 1.0 / onp.sqrt(1.0 + s * s)
-    t = onp.asarray(chain.t_from_ratio(s), dtype=onp.float32)
-    alpha, sigma_vp = alpha.astype(x.dtype), (s * alpha).astype(x.dtype)
-    return per_sample(alpha, x) * x, t, alpha, sigma_vp
-
-
-def student_denoiser(apply, config, chain, kind="v"):
-    """``denoise(params, x, sigma, labels)``: the network ``apply(params, z, t, labels, config)``
-    predicting ``kind`` on ``chain``, as a sigma-frame denoiser (differentiable in ``params``)."""
-    from .targets import convert
-
-    def denoise(params, x, sigma, labels):
-        z, t, alpha, sigma_vp = on_chain(chain, x, sigma)
-        return convert(apply(params, z, t, labels, config), kind, "x0", z, alpha, sigma_vp)
-    return denoise
-
-
-def guided_teacher(model, labels, guidance=2.0):
-    """``teacher(x, sigma)``: the shipped noise-prediction model ``(apply, params, config,
-    sched)`` with classifier-free guidance ``w`` for ``labels``, as a sigma-frame denoiser
-    clipped to the pixel range (the DDIM pipeline's ``x0`` clip; chapter 5)."""
-    from .guidance import guided_eps
-    from .targets import x0_from_eps
-
-    apply, params, config, sched = model
-    eps = guided_eps(apply, params, config, labels, guidance)
-
-    def teacher(x, sigma):
-        z, t, alpha, sigma_vp = on_chain(sched.path, x, sigma)
-        return onp.clip(x0_from_eps(eps(z, t), z, alpha, sigma_vp), -1.0, 1.0)
-    return teacher
-
-
-def frozen_student(model, labels):
-    """``teacher(x, sigma)`` from a student ``(denoise, params)``: the next round's teacher."""
-    denoise, params = model
-    return lambda x, sigma: onp.clip(denoise(params, x, sigma, labels), -1.0, 1.0)
-
-
-def student_loss(mode, config_dict, schedule, sigma_min=None, huber_c=None):
-    """The loss of a student batch (picklable, for ``train.fit_parallel``): ``mode``
-    ``"regress"`` (``weight |D(x, sigma) - target|²``: progressive distillation and its
-    first stage) or ``"consistency"`` (``pseudo_huber(f(x, sigma), target)``)."""
-    import autograd.numpy as anp
-
-    from .ddpm import schedule as make_schedule
-    from .models import unet
-
-    config = unet.UNetConfig(**config_dict)
-    denoise = student_denoiser(unet.apply, config, make_schedule(**schedule).path)
-    if mode == "regress":
-        def loss(params, batch):
-            err = anp.mean((denoise(params, batch["x"], batch["sigma"], batch["y"])
-                            - batch["target"]) ** 2, axis=(1, 2, 3))
-            return anp.mean(err * batch["weight"])
-        return loss
-    if mode != "consistency":
-        raise ValueError(f"`mode` must be 'regress' or 'consistency' (got {mode!r})")
-    f = consistency_from_denoiser(denoise, sigma_min)
-
-    def loss(params, batch):
-        return anp.mean(pseudo_huber(f(params, batch["x"], batch["sigma"], batch["y"]),
-                                     batch["target"], huber_c))
-    return loss
-
-
-def teacher_model(path):
-    """``(apply, params, config, sched)`` of a shipped noise-prediction U-Net file."""
-    from .images import load_model, model_schedule
-
-    apply, params, config, meta = load_model(path)
-    return apply, params, config, model_schedule(meta)
-
-
-def _fit_student(mode, state, batch_fn, steps, config, schedule, workers, checkpoint, run,
-                 lr, ema=0.999, **loss_kw):
-    import functools
-
+def fit_toy_progressive(mixture, base=16, final=1, steps=300, sigma_max=20.0, sigma_min=0.002,
+                        batch_size=256, lr=1e-3, seed=0, hidden=128):
+    """Progressive distillation on 2D data from the exact teacher's ``base``-step DDIM (Euler in
+    the sigma frame) on Karras et al.'s grid: each round a student (EDM-preconditioned MLP,
+    ``targets.edm_denoiser``; the first from scratch with twice the ``steps``, later ones from
+    their teacher) learns ``progressive_target`` on every second level of its teacher's grid,
+    with ``truncated_snr_weight``. Returns ``(denoise, {n: (params, levels)})`` for ``n = base /
+    2, ..., final``; ``samplers.euler(lambda x, s: denoise(params, x, s), ...)`` samples one."""
     from . import train
+    from .models import mlp
+    from .targets import edm_denoiser
 
-    state, resumed = train.resume_or_init(checkpoint, run, lambda: state)
-    if resumed:
-        print(f"resuming {checkpoint} at step {state.step}", flush=True)
-    factory = functools.partial(student_loss, mode, config.to_dict(), schedule, **loss_kw)
-    return train.fit_parallel(factory, state, batch_fn, steps, workers, lr=lr, warmup=20,
-                              clip=1.0, ema=ema, checkpoint_path=checkpoint,
-                              checkpoint_every=50, run=run, desc=run["stage"])
+    x_data = mixture.sample(200_000, onp.random.default_rng(seed))
+    denoise = edm_denoiser(lambda p, x, c: mlp.apply(p, x, 250.0 * (c + 2.0)),
+                           float(onp.sqrt(x_data.var(0).mean())))
+    levels = samplers.karras_sigmas(base, sigma_min, sigma_max)
+    teacher, n, students = mixture_denoiser(mixture), base, {}
+    params = mlp.init(onp.random.default_rng(seed), hidden=hidden, depth=3, emb_dim=32,
+                      dtype=onp.float64)
 
+    def loss(p, batch):
+        import autograd.numpy as anp
 
-def _save_student(path, params, config, schedule, **distilled):
-    from .images import save_model
-
-    save_model(path, params, config, kind="unet", target="v", schedule=schedule,
-               distilled=distilled)
-
-
-def train_progressive(teacher_path, out_dir, *, base=16, final=2, grid="karras",
-                      stage_steps=150, round_steps=150, batch_size=64, lr=2e-4, guidance=2.0,
-                      workers=2, seed=0):
-    """Guided progressive distillation of a noise-prediction U-Net file (Meng et al. 2023's two
-    stages, Salimans & Ho 2022's rounds), writing ``out_dir/pd_{n}.npz`` for each student of
-    ``n`` steps:
-
-    1. ``pd_{base}``: a v-predicting student, started from the teacher's weights, regresses
-       the guided teacher's clipped ``x0`` at the ``base`` levels of ``grid``
-       (``truncated_snr_weight``): guidance folded into one network, one evaluation per step
-       instead of two.
-    2. Each round halves the steps: the student (started from its teacher) learns
-       ``progressive_target`` of two of its teacher's DDIM steps, on every second level.
-
-    A finished student's file is not trained again (the next round loads it); a round in progress
-    resumes from ``out_dir/pd_state.npz``. Images are the first 50,000 training digits."""
-    import time
-    from pathlib import Path
-
-    from .datasets import mnist
-    from .images import load_model
-    from .models import unet
-
-    if base % final or (base // final) & (base // final - 1):
-        raise ValueError(f"`base / final` must be a power of two (got {base} / {final})")
-    teacher = teacher_model(teacher_path)
-    _, t_params, config, sched = teacher
-    schedule = load_model(teacher_path)[3].get("schedule", {"name": "linear", "T": 1000})
-    chain = sched.path
-    levels = GRIDS[grid](base, float(chain.ratios[0]), float(chain.ratios[-1]))
-    data_x, data_y = mnist("fit")
-    denoise = student_denoiser(unet.apply, config, chain)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = out_dir / "pd_state.npz"
-    common = dict(grid=grid, base=base, guidance=guidance, teacher=str(teacher_path),
-                  batch_size=batch_size, lr=lr, seed=seed)
-
-    def draw(rng):
-        idx = rng.integers(0, len(data_x), size=batch_size)
-        return data_x[idx], data_y[idx]
-
-    params, n = t_params, base
-    while n >= final:
-        path = out_dir / f"pd_{n}.npz"
-        if path.exists():
-            params = load_model(path)[1]
-            n //= 2
-            continue
-        stride = base // n
-        lv = levels[::stride]
-        if n == base:
-            def batch_fn(rng, lv=lv):
-                x0, y = draw(rng)
-                k = rng.integers(0, len(lv) - 1, size=len(x0))
-                x = x0 + per_sample(lv[k].astype(onp.float32), x0) \
-                    * rng.standard_normal(x0.shape).astype(onp.float32)
-                return {"x": x, "sigma": lv[k], "y": y, "weight": truncated_snr_weight(lv[k]),
-                        "target": guided_teacher(teacher, y, guidance)(x, lv[k])}
-            stage, steps = f"guided {n}-step student", stage_steps
-        else:
-            frozen = params
-
-            def batch_fn(rng, lv=lv, mid=levels[stride // 2::stride], frozen=frozen):
-                x0, y = draw(rng)
-                k = rng.integers(0, len(lv) - 1, size=len(x0))
-                x = x0 + per_sample(lv[k].astype(onp.float32), x0) \
-                    * rng.standard_normal(x0.shape).astype(onp.float32)
-                target = progressive_target(frozen_student((denoise, frozen), y), x, lv[k],
-                                            mid[k], lv[k + 1])
-                return {"x": x, "sigma": lv[k], "y": y, "weight": truncated_snr_weight(lv[k]),
-                        "target": target.astype(onp.float32)}
-            stage, steps = f"round to {n} steps", round_steps
-        from .train import init_state
-
-        t0 = time.perf_counter()
-        state, losses = _fit_student("regress", init_state(params, seed + n), batch_fn, steps,
-                                     config, schedule, workers, ckpt,
-                                     {"stage": stage, "steps_student": n, **common}, lr)
-        params = state.ema
-        _save_student(path, params, config, schedule, method="progressive", steps=n,
-                      levels=lv.tolist(), train_steps=steps, seconds=time.perf_counter() - t0,
-                      final_loss=float(onp.mean(losses[-20:])) if len(losses) else None,
-                      **common)
-        ckpt.unlink(missing_ok=True)
-        print(f"{path}: {steps} steps, {time.perf_counter() - t0:.0f} s", flush=True)
+        err = anp.sum((denoise(p, batch["x"], batch["sigma"]) - batch["target"]) ** 2, axis=1)
+        return anp.mean(batch["weight"] * err)
+    while n > final:
         n //= 2
-    return out_dir
+        stride = base // n
+        lv, mid = levels[::stride], levels[stride // 2::stride]
 
+        def batch_fn(rng, lv=lv, mid=mid, teacher=teacher):
+            x0 = x_data[rng.integers(0, len(x_data), size=batch_size)]
+            k = rng.integers(0, len(lv) - 1, size=batch_size)
+            x = x0 + lv[k, None] * rng.standard_normal(x0.shape)
+            return {"x": x, "sigma": lv[k], "weight": truncated_snr_weight(lv[k]),
+                    "target": progressive_target(teacher, x, lv[k], mid[k], lv[k + 1])}
+        state = train.init_state(params, seed + n)
+        state, _ = train.fit(loss, state, batch_fn, steps * (2 if not students else 1), lr=lr,
+                             warmup=50, cooldown=steps // 5, progress=False)
+        params = state.ema
+        students[n] = (params, lv)
+        teacher = lambda x, s, p=params: denoise(p, x, s)  # noqa: E731
+    return denoise, students
 
-def train_consistency(teacher_path, start_path, out, *, levels=18, steps=400, batch_size=64,
-                      lr=1e-4, mu=0.95, guidance=2.0, workers=2, seed=0):
-    """Guided consistency distillation (Song et al. 2023, Algorithm 2) of a noise-prediction
-    U-Net file into ``out``: the student ``f = c_skip x + c_out D`` (``consistency_from_denoiser``
-    on a v-predicting U-Net, started from ``start_path``, a guided student such as
-    ``pd_{base}.npz``); the teacher's one Heun step between adjacent levels of Karras et al.'s
-    grid with ``levels`` levels from the chain's largest ``sigma / alpha`` to its smallest (which
-    is ``sigma_min``, where ``f(x) = x``); the target network is the EMA of the student with
-    decay ``mu`` (the training state's EMA, without warm-up); the distance is ``pseudo_huber``
-    with ``c = 0.00054 sqrt(d)`` (Song & Dhariwal 2023). Resumes from ``out`` + ``.state.npz``."""
-    import time
-    from pathlib import Path
-
-    from .datasets import mnist
-    from .images import load_model
-    from .models import unet
-    from .train import init_state
-
-    teacher = teacher_model(teacher_path)
-    _, _, config, sched = teacher
-    schedule = load_model(teacher_path)[3].get("schedule", {"name": "linear", "T": 1000})
-    chain = sched.path
-    sigma_min, sigma_max = float(chain.ratios[0]), float(chain.ratios[-1])
-    grid = samplers.karras_sigmas(levels, sigma_min, sigma_max)[:-1]
-    grid[-1] = sigma_min  # exactly, not its rho-th power of a root: the boundary sits there
-    data_x, data_y = mnist("fit")
-    f = consistency_from_denoiser(student_denoiser(unet.apply, config, chain), sigma_min)
-    huber_c = 0.00054 * math.sqrt(28 * 28)
-    out = Path(out)
-    run = {"stage": "consistency distillation", "teacher": str(teacher_path),
-           "start": str(start_path), "levels": levels, "batch_size": batch_size, "lr": lr,
-           "mu": mu, "guidance": guidance, "seed": seed}
-    state = init_state(load_model(start_path)[1], seed)
-    target = {"params": state.ema}  # the EMA the next batch's targets come from
-
-    def batch_fn(rng):
-        idx = rng.integers(0, len(data_x), size=batch_size)
-        x0, y = data_x[idx], data_y[idx]
-        b = consistency_batch(guided_teacher(teacher, y, guidance),
-                              lambda x, s: f(target["params"], x, s, y), x0, grid, rng)
-        return {**b, "x": b["x"].astype(onp.float32), "y": y,
-                "target": onp.asarray(b["target"], onp.float32)}
-
-    import functools
-
-    from . import train
-
-    ckpt = out.with_name(out.stem + ".state.npz")
-    state, resumed = train.resume_or_init(ckpt, run, lambda: state)
-    target["params"] = state.ema
-    factory = functools.partial(student_loss, "consistency", config.to_dict(), schedule,
-                                sigma_min=sigma_min, huber_c=huber_c)
-    t0, losses = time.perf_counter(), []
-    with _parallel(factory, state.params, workers) as value_and_grad:
-        for record in train.train(None if workers > 1 else factory(), state, batch_fn, steps,
-                                  lr=lr, warmup=20, clip=1.0, ema=mu, ema_warmup=False,
-                                  checkpoint_path=ckpt, checkpoint_every=50, run=run,
-                                  value_and_grad=value_and_grad):
-            target["params"] = record["state"].ema
-            losses.append(record["loss"])
-            if record["step"] % 25 == 0:
-                print(f"step {record['step']}: loss {onp.mean(losses[-25:]):.4f}", flush=True)
-            state = record["state"]
-    _save_student(out, state.params, config, schedule, method="consistency",
-                  sigma_min=sigma_min, sigma_max=sigma_max, levels_grid=levels, train_steps=steps,
-                  seconds=time.perf_counter() - t0, **{k: v for k, v in run.items()
-                                                      if k != "stage"})
-    return out
-
-
-def _parallel(factory, params, workers):
-    import contextlib
-
-    if workers == 1:
-        return contextlib.nullcontext(None)
-    from .nn.parallel import DataParallel
-
-    return DataParallel(factory, params, workers)
-
-
-def load_student(path):
-    """``(denoise, params, meta)`` of a student file: ``denoise(params, x, sigma, labels)``."""
-    from .images import load_model, model_schedule
-    from .models import unet
-    _, params, config, meta = load_model(path)
-    if "distilled" not in meta or meta.get("target") != "v":
-        raise ValueError(f"{path!s} is not a distilled student (written by "
-                         "distill.train_progressive or distill.train_consistency)")
-    return student_denoiser(unet.apply, config, model_schedule(meta).path), params, meta
-
-
-def sample_student(path, labels, z, taus=(), rng=None):
-    """Images for ``labels`` from unit noise ``z (N, 1, 28, 28)``: a progressive student by
-    DDIM over its own levels, a consistency model by ``multistep_sample`` with ``taus``
-    (``len(taus) + 1`` evaluations; ``rng`` draws the noise added between them)."""
-    denoise, params, meta = load_student(path)
-    d = meta["distilled"]
-    labels = onp.asarray(labels)
-    if d["method"] == "progressive":
-        levels = onp.asarray(d["levels"])
-        x = levels[0] * z.astype(onp.float32)
-        for s, s_next in zip(levels[:-1], levels[1:], strict=True):
-            x_hat = onp.clip(denoise(params, x, s, labels), -1.0, 1.0)
-            x = ddim_step(x_hat, x, 1.0, s, 1.0, s_next).astype(onp.float32)
-        return onp.clip(x, -1.0, 1.0)
-    f = consistency_from_denoiser(denoise, d["sigma_min"])
-    clipped = lambda x, s: onp.clip(f(params, x.astype(onp.float32), s, labels), -1.0, 1.0)  # noqa: E731
-    x = multistep_sample(clipped, d["sigma_max"] * z, d["sigma_max"], list(taus),
-                         rng or onp.random.default_rng(0), d["sigma_min"])
-    return x.astype(onp.float32)

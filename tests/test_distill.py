@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from minidiff import datasets, distill, process, samplers
+from minidiff import datasets, distill, distill_mnist, process, samplers
 from minidiff.datasets import GaussianMixture
 
 pytestmark = pytest.mark.ch12
 MIX = GaussianMixture.isotropic([0.3, 0.7], [[-1.5, 0.5], [1.0, -0.5]], 0.35)
 
 
+@pytest.mark.exercise("12.1")
 @pytest.mark.parametrize("path", [process.VP(), process.GVP()], ids=["vp", "gvp"])
 def test_one_student_step_with_the_target_lands_where_two_teacher_steps_do(path, rng):
     # Salimans & Ho 2022, Algorithm 2, with the exact mixture teacher (float64): the student's
@@ -41,6 +42,7 @@ def test_a_ddim_step_with_the_true_data_follows_the_path(rng):
                           path.sigma(0.3)), z_s, atol=1e-12)
 
 
+@pytest.mark.exercise("12.2")
 def test_the_consistency_function_meets_its_boundary_condition_exactly(rng):
     # f(x, sigma_min) = x for any network and any weights: c_skip = 1 and c_out = 0 there.
     f = distill.consistency_function(lambda p, x, c: p * np.tanh(x) + np.reshape(c, (-1, 1)),
@@ -54,6 +56,7 @@ def test_the_consistency_function_meets_its_boundary_condition_exactly(rng):
         distill.consistency_scalings(0.001)
 
 
+@pytest.mark.exercise("12.4")
 def test_multistep_consistency_sampling_with_the_exact_function_keeps_the_data_law(rng):
     # Gaussian data N(0, s² I): the ODE's end at sigma_min of the trajectory through x at sigma is
     # f*(x, sigma) = x sqrt((s² + sigma_min²) / (s² + sigma²)), the exact consistency function.
@@ -85,6 +88,7 @@ def test_heun_step_with_one_level_per_point_is_the_sampler_s_step(rng):
         np.testing.assert_allclose(got[m], ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.exercise("12.1")
 def test_progressive_target_in_the_sigma_frame_with_per_point_levels(rng):
     # Each point's own (sigma, sigma_mid, sigma_next), the last step to sigma = 0 included: one
     # DDIM step with x_tilde lands where the exact teacher's two DDIM steps do (1e-12).
@@ -104,6 +108,7 @@ def test_progressive_target_in_the_sigma_frame_with_per_point_levels(rng):
     np.testing.assert_allclose(w, [100.0, 1.0, 1.0])
 
 
+@pytest.mark.exercise("12.2")
 def test_the_denoiser_form_of_the_consistency_function_meets_the_boundary_exactly(rng):
     f = distill.consistency_from_denoiser(lambda p, x, s: p * np.cos(x) - 3.0, sigma_min=0.01)
     x = rng.standard_normal((5, 1, 4, 4))
@@ -173,10 +178,10 @@ def test_the_guided_teacher_takes_one_level_per_image():
     # guidance.guided_eps with a step per image equals the one-step-for-all call, image by image.
     from minidiff import images
 
-    model = distill.teacher_model(images.SHIPPED["unet"])
+    model = distill_mnist.teacher_model(images.SHIPPED["unet"])
     labels = np.array([3, 7])
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32) * 5.0
-    both = distill.guided_teacher(model, labels)(x, np.array([5.0, 0.5]))
+    both = distill_mnist.guided_teacher(model, labels)(x, np.array([5.0, 0.5]))
     for k, s in enumerate((5.0, 0.5)):
-        one = distill.guided_teacher(model, labels[k:k + 1])(x[k:k + 1], s)
+        one = distill_mnist.guided_teacher(model, labels[k:k + 1])(x[k:k + 1], s)
         np.testing.assert_allclose(both[k:k + 1], one, atol=1e-5)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as onp
 
-from .. import datasets, distill, images, metrics
+from .. import datasets, distill, distill_mnist, images, metrics
 from ..guidance import guided_eps
 from ..nn.checkpoint import atomic_write
 from ..samplers import denoiser_from_path
@@ -152,6 +152,67 @@ def solvers(args):
     return 0
 
 
+TAUS = {2: ((5.0,), (2.0,), (0.8,)), 4: ((20.0, 5.0, 1.5), (5.0, 2.0, 0.8), (2.0, 0.8, 0.3))}
+
+
+def student_piece(path, taus, labels, z):
+    return distill_mnist.sample_student(path, labels, z, taus, onp.random.default_rng(SEED + 1))
+
+
+def teacher_piece(weights, levels, labels, z):
+    denoiser, _ = clipped_denoiser(weights, labels)
+    x = distill.solve(denoiser, "ddim", onp.asarray(levels), levels[0] * z.astype(onp.float64))
+    return onp.clip(x, -1.0, 1.0).astype(onp.float32)
+
+
+def _in_processes(fn, args, workers):
+    from ..nn.parallel import map_in_processes
+
+    labels, z = labels_and_noise()
+    t0 = time.perf_counter()
+    pieces = [(*args, y, n) for y, n in zip(onp.array_split(labels, 2 * workers),
+                                            onp.array_split(z, 2 * workers), strict=True)]
+    x = onp.concatenate(map_in_processes(fn, pieces, workers))
+    return x, labels, time.perf_counter() - t0
+
+
+def students(args):
+    """Every student file: a progressive student by DDIM on its own levels, beside the teacher's
+    guided DDIM on the same levels; a consistency model in 1, 2 and 4 evaluations, with each
+    candidate of ``TAUS`` (the choice is read on the validation digits)."""
+    clf = images.load_classifier(args.classifier)
+    folder, out = Path(args.samples), Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = json.loads(out.read_text()) if out.exists() else {"points": {}}
+    ref_x = cached(folder, "reference", lambda: (_ for _ in ()).throw(
+        FileNotFoundError("run `few_step solvers` first: it makes the reference")))[0]
+
+    def record(name, row):
+        table["points"][name] = row
+        atomic_write(out, lambda f: f.write(json.dumps(table, indent=1).encode()))
+        _print(name, row)
+
+    for path in args.files:
+        _, _, meta = distill_mnist.load_student(path)
+        d, stem = meta["distilled"], Path(path).stem
+        if d["method"] == "progressive":
+            runs = [(stem, student_piece, (str(path), ()), d["steps"]),
+                    (f"teacher_{stem}", teacher_piece, (d["teacher"], d["levels"]), d["steps"])]
+        else:
+            runs = [(f"{stem}_1", student_piece, (str(path), ()), 1)]
+            runs += [(f"{stem}_{k}_tau{'-'.join(f'{t:g}' for t in taus)}", student_piece,
+                      (str(path), taus), k) for k, options in TAUS.items() for taus in options]
+        for name, fn, fn_args, nfe in runs:
+            if name in table["points"] and not args.rescore:
+                continue
+            x, labels, seconds = cached(folder, name, functools.partial(
+                _in_processes, fn, fn_args, args.workers))
+            record(name, {"file": str(path), "method": d["method"], "nfe": nfe,
+                          "taus": list(fn_args[1]) if fn is student_piece else None,
+                          "sample_seconds": seconds, **evaluate_point(x, labels, clf, ref_x)})
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,13 +222,52 @@ def main(argv=None):
     s.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
     s.add_argument("--only", nargs="+", default=None, help="e.g. ddim_karras dpm3m_lambda")
     s.add_argument("--rescore", action="store_true", help="score points already in the table")
-    for q in (s,):
+    t = sub.add_parser("students", help="distilled students against the teacher")
+    t.add_argument("files", nargs="+", help="student files (distill_mnist.train_progressive/"
+                   "train_consistency)")
+    t.add_argument("--rescore", action="store_true")
+    for q in (s, t):
         q.add_argument("--classifier", default=str(images.SHIPPED["classifier"]))
         q.add_argument("--workers", type=int, default=2)
         q.add_argument("--samples", default="out/few_step")
-        q.add_argument("--out", default="out/few_step_solvers.json")
+        q.add_argument("--out", default=f"out/few_step_{q.prog.split()[-1]}.json")
+    pd = sub.add_parser("progressive", help="train the progressive students (distill_mnist."
+                        "train_progressive)")
+    pd.add_argument("--out-dir", default="out/ch12")
+    pd.add_argument("--base", type=int, default=8)
+    pd.add_argument("--final", type=int, default=1)
+    pd.add_argument("--grid", choices=sorted(distill.GRIDS), default="karras")
+    pd.add_argument("--stage-steps", type=int, default=200)
+    pd.add_argument("--round-steps", type=int, default=200)
+    pd.add_argument("--lr", type=float, default=2e-4)
+    cd = sub.add_parser("consistency", help="train a consistency model (distill_mnist."
+                        "train_consistency)")
+    cd.add_argument("--start", required=True, help="a guided student to start from (pd_N.npz)")
+    cd.add_argument("--out", default="out/ch12/cd.npz")
+    cd.add_argument("--steps", type=int, default=400)
+    cd.add_argument("--levels", type=int, default=18)
+    cd.add_argument("--mu", type=float, default=0.95)
+    cd.add_argument("--lr", type=float, default=1e-4)
+    for q in (pd, cd):
+        q.add_argument("--teacher", default=str(images.SHIPPED["unet"].relative_to(
+            images.WEIGHTS_DIR.parent.parent)))
+        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--workers", type=int, default=2)
+        q.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    return solvers(args)
+    if args.command == "progressive":
+        distill_mnist.train_progressive(
+            args.teacher, args.out_dir, base=args.base, final=args.final, grid=args.grid,
+            stage_steps=args.stage_steps, round_steps=args.round_steps,
+            batch_size=args.batch_size, lr=args.lr, workers=args.workers, seed=args.seed)
+        return 0
+    if args.command == "consistency":
+        distill_mnist.train_consistency(
+            args.teacher, args.start, args.out, levels=args.levels, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, mu=args.mu, workers=args.workers,
+            seed=args.seed)
+        return 0
+    return {"solvers": solvers, "students": students}[args.command](args)
 
 
 if __name__ == "__main__":
