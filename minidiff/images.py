@@ -27,10 +27,11 @@ DEFAULT_SCHEDULE = {"name": "linear", "T": 1000}
 # The shipped weights, found from the package (not the current folder), as the MNIST loader does.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
 # unet_small: chapter 7's autoguidance model; noisy_classifier: its noise-conditional classifier;
-# vae, clip, ldm: chapter 8's autoencoder, text encoder and latent model
+# vae, clip, ldm: chapter 8's autoencoder, text encoder and latent model; pd4, pd2, cm: chapter
+# 12's progressive students (4 and 2 steps) and consistency model
 SHIPPED = {name: WEIGHTS_DIR / f"{name}_mnist.npz"
            for name in ("unet", "dit", "classifier", "noisy_classifier", "unet_small", "vae",
-                        "clip", "ldm", "flow", "reflow", "mmdit", "sit")}
+                        "clip", "ldm", "flow", "reflow", "mmdit", "sit", "pd4", "pd2", "cm")}
 
 
 def path_coefficients(sched, dtype=onp.float32):

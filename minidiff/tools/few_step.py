@@ -213,6 +213,36 @@ def students(args):
     return 0
 
 
+def summary(args):
+    """The shipped table: both runs' points, the fewest evaluations each solver and grid needs
+    to come within 10% of the reference's validation FD, and the consistency model's ``taus``
+    with the lowest validation FD at 2 and 4 evaluations."""
+    solvers_t = json.loads(Path(args.solvers).read_text())
+    students_t = json.loads(Path(args.students).read_text())
+    pts = solvers_t["points"]
+    bar = 1.1 * pts["reference"]["validation"]["fd"]
+    need = {}
+    for solver in distill.SOLVERS:
+        for grid in distill.GRIDS:
+            rows = sorted((r["nfe"], r["validation"]["fd"]) for r in pts.values()
+                          if r["solver"] == solver and r.get("grid") == grid)
+            hit = [n for n, fd in rows if fd <= bar]
+            need[f"{solver}_{grid}"] = (f"NFE {hit[0]}" if hit else
+                                        f"not within 10% by NFE {rows[-1][0]}" if rows else "-")
+    solvers_t["within_10_percent"] = need
+    chosen = {}
+    for k in ("2", "4"):
+        rows = [(r["validation"]["fd"], r["taus"]) for r in students_t["points"].values()
+                if r["method"] == "consistency" and str(r["nfe"]) == k]
+        if rows:
+            chosen[k] = min(rows)[1]
+    students_t["chosen_taus"] = chosen
+    table = {"solvers": solvers_t, "students": students_t}
+    atomic_write(Path(args.out), lambda f: f.write(json.dumps(table, indent=1).encode()))
+    print(json.dumps({"within_10_percent": need, "chosen_taus": chosen}, indent=1))
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,6 +261,12 @@ def main(argv=None):
         q.add_argument("--workers", type=int, default=2)
         q.add_argument("--samples", default="out/few_step")
         q.add_argument("--out", default=f"out/few_step_{q.prog.split()[-1]}.json")
+    sm = sub.add_parser("summary", help="both tables as one file, with the NFE each solver "
+                        "needs and the consistency model's chosen taus")
+    sm.add_argument("--solvers", default="out/few_step_solvers.json")
+    sm.add_argument("--students", default="out/few_step_students.json")
+    sm.add_argument("--out", default="out/few_step.json",
+                    help="the shipped copy is data/weights/few_step.json (name it to replace it)")
     pd = sub.add_parser("progressive", help="train the progressive students (distill_mnist."
                         "train_progressive)")
     pd.add_argument("--out-dir", default="out/ch12")
@@ -267,7 +303,7 @@ def main(argv=None):
             batch_size=args.batch_size, lr=args.lr, mu=args.mu, workers=args.workers,
             seed=args.seed)
         return 0
-    return {"solvers": solvers, "students": students}[args.command](args)
+    return {"solvers": solvers, "students": students, "summary": summary}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,325 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 12 — Few-step sampling: solvers against evaluations, progressive distillation, consistency models
+#
+# The seed article: "distillation ... collapse[s] sampling to 1-4 steps, where training-free
+# samplers still need 10+. Latent Consistency Models predict the PF-ODE solution in latent space
+# for 2-4 steps; SDXL-Turbo uses adversarial+score distillation for a single step; SDXL-Lightning
+# uses progressive adversarial distillation." This chapter measures the first half of that
+# sentence on this book's models.
+#
+# Every sampler so far solves the probability-flow ODE of a score network; its cost is the number
+# of network evaluations (NFE). There are two ways to spend fewer:
+#
+# 1. **Better solvers** of the same ODE, with the same network (training-free): higher order,
+#    multistep, a better grid of noise levels.
+# 2. **A new network** trained to take big steps: progressive distillation (Salimans & Ho 2022)
+#    halves a teacher's steps round by round; a consistency model (Song et al. 2023) learns the
+#    ODE's endpoint from any point of a trajectory, so one evaluation can sample.
+#
+# Both work in the sigma frame of chapter 5 (`x = x0 + sigma eps`, the ODE `dx/dsigma = (x -
+# D(x, sigma)) / sigma`), where any model of the book is a denoiser `D`.
+#
+# Code: `minidiff/distill.py` (the mathematics; the 2D experiments), `minidiff/distill_mnist.py`
+# (the shipped U-Net as a teacher; the students), `minidiff/samplers.py` (the solvers and grids),
+# `python -m minidiff.tools.few_step` (the MNIST tables). Proofs: `tests/test_distill.py`,
+# `tests/test_samplers.py`.
+
+# %%
+import json
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy.integrate import solve_ivp
+
+from minidiff import datasets, distill, distill_mnist, interpolants, plot, samplers
+from minidiff.images import SHIPPED, WEIGHTS_DIR
+from minidiff.nn.memory import keep_freed_memory
+
+FAST = os.environ.get("MINIDIFF_FAST") == "1"
+keep_freed_memory()
+rng = np.random.default_rng(0)
+plt.rcParams["figure.dpi"] = 64
+mix = datasets.gmm8()
+D_exact = distill.mixture_denoiser(mix)  # E[x0 | x] in the sigma frame, closed form
+SMIN, SMAX = 0.002, 20.0
+
+# %% [markdown]
+# ## 1. Training-free solvers against NFE
+#
+# With the exact denoiser of the eight-mode mixture, every solver's error is measurable: the
+# reference is the ODE solved by `scipy.integrate.solve_ivp` (tolerance 1e-8) from the same
+# noise down to `sigma_min`, then denoised (the last step of every solver here lands on `sigma =
+# 0` by returning `D`). `distill.solver_levels` gives each solver the grid on which it spends at
+# most `nfe` evaluations (Heun's last step is Euler, so `s` steps cost `2s - 1`). DDIM is Euler
+# in the sigma frame (chapter 5 checks it to 1e-13), so it appears as `ddim`.
+
+# %%
+n_pts = 300 if FAST else 1000
+x_T = SMAX * rng.standard_normal((n_pts, 2))
+ode = solve_ivp(lambda s, y: ((y.reshape(-1, 2) - D_exact(y.reshape(-1, 2), s)) / s).ravel(),
+                (SMAX, SMIN), x_T.ravel(), rtol=1e-8, atol=1e-8)
+x_ode = D_exact(ode.y[:, -1].reshape(-1, 2), SMIN)
+nfes = [4, 6, 8, 10, 15, 20, 50] if not FAST else [4, 8, 20]
+errors = {}
+for solver in distill.SOLVERS:
+    for grid in distill.GRIDS:
+        for nfe in nfes:
+            sigmas, used = distill.solver_levels(solver, nfe, grid, SMIN, SMAX)
+            x = distill.solve(D_exact, solver, sigmas, x_T)
+            errors[solver, grid, used] = float(np.sqrt(np.mean(np.sum((x - x_ode) ** 2, 1))))
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+for ax, grid in zip(axes, distill.GRIDS, strict=True):
+    for k, solver in enumerate(distill.SOLVERS):
+        pts = sorted((n, e) for (s, g, n), e in errors.items() if s == solver and g == grid)
+        ax.loglog(*zip(*pts, strict=True), "o-", color=f"C{k}", label=solver)
+    ax.set_title(f"{grid} grid: RMS distance to the exact ODE end")
+    ax.set_xlabel("network evaluations")
+axes[0].legend()
+plt.show()
+print("RMS distance at 8 and 20 evaluations:")
+for (s, g, n), e in sorted(errors.items()):
+    if n in (7, 8, 19, 20):
+        print(f"  {s:>6} {g:>7} NFE {n:>2}: {e:.4f}")
+
+# %% [markdown]
+# What the plot shows (full mode): the multistep exponential integrators (DPM-Solver++ 2M and 3M)
+# are far ahead of DDIM at every budget; at these budgets 3M and 2M are close, and the third order
+# (proved in `tests/test_samplers.py`: log-log slope -3.3 on the mixture as the steps shrink)
+# shows only once the steps are small. Heun's second order costs two evaluations a step, which
+# pays only past about 10. On the mixture the uniform-in-lambda grid suits the exponential
+# integrators, whose error is measured in `h = lambda_next - lambda`; Karras et al.'s `rho = 7`
+# grid spends its levels near the data, which is what Euler needs.
+
+# %% [markdown]
+# **On MNIST** (the shipped chapter 6 U-Net with guidance 2; 1,000 images, 100 per class, the
+# same noise for every point; FD-MNIST against the held-out training digits, which is where
+# choices are read; `python -m minidiff.tools.few_step solvers`). The reference is the project's
+# standard protocol, 100 DDIM steps; the dashed line is 10% above its FD.
+
+# %%
+table = json.loads((WEIGHTS_DIR / "few_step.json").read_text())
+sol = table["solvers"]["points"]
+ref = sol["reference"]["validation"]["fd"]
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+for ax, grid in zip(axes, distill.GRIDS, strict=True):
+    for k, solver in enumerate(distill.SOLVERS):
+        pts = sorted((r["nfe"], r["validation"]["fd"]) for r in sol.values()
+                     if r.get("grid") == grid and r["solver"] == solver)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", color=f"C{k}", label=solver)
+    ax.axhline(1.1 * ref, color="k", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_title(f"MNIST, {grid} grid")
+    ax.set_xlabel("network evaluations (each: conditional + unconditional)")
+axes[0].set_ylabel("FD-MNIST (validation digits)")
+axes[0].legend()
+plt.show()
+print(f"reference (DDIM, 100 steps): FD {ref:.2f}, agreement "
+      f"{sol['reference']['validation']['agreement']:.1%}")
+for name, need in table["solvers"]["within_10_percent"].items():
+    print(f"  {name:>14}: {need}")
+
+# %% [markdown]
+# ## 2. Progressive distillation
+#
+# A student learns to take in one DDIM step what its teacher takes in two (Salimans & Ho 2022,
+# Algorithm 2). From `x` at level `sigma`, the teacher steps to `sigma_mid` and on to
+# `sigma_next`; the student's target is the data prediction `x_tilde` whose single DDIM step
+# lands exactly there (`distill.progressive_target`, exercise 12.1). With the exact teacher the
+# identity holds to rounding:
+
+# %%
+lv = np.array([8.0, 2.5, 0.7])
+x = rng.standard_normal((500, 2)) * lv[0]
+x_tilde = distill.progressive_target(D_exact, x, lv[0], lv[1], lv[2])
+two = distill.ddim_step(D_exact(x, lv[0]), x, 1.0, lv[0], 1.0, lv[1])
+two = distill.ddim_step(D_exact(two, lv[1]), two, 1.0, lv[1], 1.0, lv[2])
+one = distill.ddim_step(x_tilde, x, 1.0, lv[0], 1.0, lv[2])
+print(f"one student step with x_tilde against two teacher steps: max |difference| "
+      f"{np.abs(one - two).max():.1e}; x_tilde differs from the teacher's own D by up to "
+      f"{np.abs(x_tilde - D_exact(x, lv[0])).max():.2f}")
+
+# %% [markdown]
+# Rounds on the mixture: the exact teacher's 16-step DDIM (Karras grid, `sigma` from 20 to
+# 0.002) is distilled into 8 steps, that student into 4, and so on to 1 (`distill.
+# fit_toy_progressive`; each student an EDM-preconditioned MLP, the loss weighted by
+# `max(SNR, 1)`, Salimans & Ho's "truncated SNR"). Against each, the exact teacher's DDIM on
+# the same levels:
+
+# %%
+base = 8 if FAST else 16
+D_student, students = distill.fit_toy_progressive(mix, base=base, final=1,
+                                                  steps=80 if FAST else 300)
+z = rng.standard_normal((2000, 2))
+fig, axes = plt.subplots(2, len(students), figsize=(2.6 * len(students), 5.4))
+pd_rows = []
+for col, (n, (p, levels)) in enumerate(students.items()):
+    xs = samplers.euler(lambda x, s, p=p: D_student(p, x, s), levels[0] * z, levels)
+    xt = samplers.euler(D_exact, levels[0] * z, levels)
+    ms, mt = (interpolants.sample_metrics(v, mix, rng) for v in (xs, xt))
+    pd_rows.append((n, ms["sw2"], mt["sw2"]))
+    for row, (v, who) in enumerate(((xt, "teacher DDIM"), (xs, "student"))):
+        plot.points(axes[row, col], v, lim=3.2, s=1)
+        axes[row, col].set_title(f"{who}, {n} step{'s' * (n > 1)}", fontsize=9)
+plt.tight_layout()
+plt.show()
+sw_data = interpolants.sample_metrics(mix.sample(2000, rng), mix, rng)["sw2"]
+for n, s_sw, t_sw in pd_rows:
+    print(f"{n:>2} steps: sliced W2 to the data, student {s_sw:.3f}, teacher's DDIM {t_sw:.3f} "
+          f"(two draws of the data: {sw_data:.3f})")
+
+# %% [markdown]
+# The teacher's DDIM falls apart below 8 steps (one step lands everything on the mixture's
+# mean); each student keeps the modes, down to a single step, because it was trained to land
+# where its teacher's two steps land, not to follow the local slope.
+#
+# **On MNIST** (`distill_mnist.train_progressive`): the shipped U-Net with guidance 2 is the
+# teacher. First a v-predicting student of the same shape, started from the teacher's weights,
+# regresses the guided teacher's `x0` at the 8 levels of a Karras grid: guidance folded into one
+# network, one evaluation per step instead of two (the first stage of Meng et al. 2023). Then
+# rounds 8 -> 4 -> 2 -> 1, each student started from its teacher. The FD of each student beside
+# the teacher's guided DDIM on the same levels:
+
+# %%
+stu = table["students"]["points"]
+print(f"{'model':>26} {'NFE':>3} {'FD (valid.)':>11} {'agree':>6} {'FD (test)':>9} {'RMS to ref':>10}")
+for name, r in stu.items():
+    v, t = r["validation"], r["test"]
+    print(f"{name:>26} {r['nfe']:>3} {v['fd']:11.2f} {v['agreement']:6.1%} {t['fd']:9.2f} "
+          f"{r['rms_to_reference']:10.3f}")
+print(f"teacher, DDIM 100 steps: FD {ref:.2f} (validation), "
+      f"{sol['reference']['test']['fd']:.2f} (test); real-vs-real "
+      f"{sol['reference']['validation']['fd_real']:.2f}")
+
+# %% [markdown]
+# ## 3. Consistency models
+#
+# A consistency model learns `f(x, sigma)`: the end, at `sigma_min`, of the ODE trajectory
+# through `x` at `sigma` (Song et al. 2023). The boundary condition `f(x, sigma_min) = x` is built
+# into the parametrisation, `f = c_skip x + c_out F` with `c_skip(sigma_min) = 1` and
+# `c_out(sigma_min) = 0` (`distill.consistency_scalings`, exercise 12.2), so it holds for any
+# weights. Distillation trains it on adjacent levels of a grid: from `x` at `sigma_n`, one Heun
+# step of the teacher's ODE gives `x_hat` at `sigma_{n+1}`, and `f(x, sigma_n)` is pulled towards
+# a slowly moving copy of itself (an EMA, the "target network") at `(x_hat, sigma_{n+1})`
+# (`distill.consistency_batch`, exercise 12.3). Consistency at every adjacent pair and the
+# boundary at the bottom make `f` the endpoint everywhere.
+
+# %%
+cd_steps = 300 if FAST else 2000
+f_cd, p_cd, losses_cd = distill.fit_toy_consistency(mix, steps=cd_steps, sigma_max=SMAX)
+d_cd = np.linalg.norm(f_cd(p_cd, x_T, SMAX) - x_ode, axis=1)
+print(f"consistency distillation, {cd_steps} steps: one evaluation lands {d_cd.mean():.3f} from "
+      f"the exact ODE's end on average (median {np.median(d_cd):.3f}; the modes' std is 0.2)")
+
+# %%
+fig, ax = plt.subplots(figsize=(5, 5))
+plot.density(ax, mix.log_prob, lim=3.2)
+few = x_T[:12]
+fine = samplers.karras_sigmas(60, SMIN, SMAX)
+path = [few]
+for s, s_next in zip(fine[:-2], fine[1:-1], strict=True):
+    path.append(distill.heun_step(D_exact, path[-1], s, s_next))
+path = np.stack(path)  # (levels, 12, 2)
+x_mid = path[np.searchsorted(-fine[:-1], -2.0)]  # the trajectories at sigma ≈ 2
+jump_top, jump_mid = f_cd(p_cd, few, SMAX), f_cd(p_cd, x_mid, 2.0)
+for k in range(len(few)):
+    ax.plot(*np.clip(path[:, k], -3.2, 3.2).T, color="C0", lw=0.8, alpha=0.7)
+ax.scatter(*jump_top.T, color="C3", s=25, label="f(x, 20): one jump from the noise")
+ax.scatter(*jump_mid.T, color="C2", s=12, marker="x", label="f(x, 2): from mid-trajectory")
+ax.scatter(*path[-1].T, facecolors="none", edgecolors="k", s=45, label="the ODE's end")
+ax.legend(loc="lower left", fontsize=7)
+ax.set_title("teacher's ODE (lines, clipped to the view) and the consistency model's jumps",
+             fontsize=9)
+plt.show()
+
+# %% [markdown]
+# Multistep sampling (Song et al. 2023, Algorithm 1; `distill.multistep_sample`, exercise 12.4):
+# jump to the end, add noise back up to a lower level `tau`, jump again. Each extra evaluation
+# trades the first jump's error for fresh noise at a level the model handles better.
+#
+# **Consistency training** needs no teacher: the ODE step is replaced by the same data point
+# with the same noise at the next level down (`distill.consistency_training_batch`), which is the
+# teacher's step in expectation. Song & Dhariwal (2023) made it work: a grid that doubles in size
+# during training (`distill.ict_levels`, 10 to 1280 levels), lognormal sampling of the levels,
+# weights `1 / (sigma_n - sigma_{n+1})`, the pseudo-Huber distance and no EMA in the target.
+
+# %%
+f_ct, p_ct, _ = distill.fit_toy_consistency(mix, steps=cd_steps, teacher=None, sigma_max=80.0)
+schedules = {1: [], 2: [2.0], 4: [5.0, 1.0, 0.3]}
+rows = []
+fig, axes = plt.subplots(2, 3, figsize=(8, 5.4))
+for row, (name, f, p, smax) in enumerate([("distilled", f_cd, p_cd, SMAX),
+                                          ("trained", f_ct, p_ct, 80.0)]):
+    for col, (k, taus) in enumerate(schedules.items()):
+        xs = distill.multistep_sample(lambda x, s, f=f, p=p: f(p, x, s), smax * z, smax, taus,
+                                      np.random.default_rng(k))
+        rows.append((name, k, interpolants.sample_metrics(xs, mix, rng)["sw2"]))
+        plot.points(axes[row, col], xs, lim=3.2, s=1)
+        axes[row, col].set_title(f"CM {name}, {k} evaluation{'s' * (k > 1)}", fontsize=9)
+plt.tight_layout()
+plt.show()
+for name, k, sw in rows:
+    print(f"{name:>9}, {k} evaluations: sliced W2 {sw:.3f} (data vs data {sw_data:.3f})")
+
+# %% [markdown]
+# At the same number of training steps, consistency training lands further from the data than
+# distillation (it learns the ODE from single noisy pairs whose expectation is the step, so its
+# gradient is noisier); more evaluations help both.
+#
+# **On MNIST** (`distill_mnist.train_consistency`): the student starts from the guided v-student
+# of section 2's first stage and is written `f = c_skip x + c_out D` (`distill.
+# consistency_from_denoiser`, the form of Luo et al. 2023, whose network predicts `x0`: far from
+# `sigma_min`, `f` starts as the denoiser). The teacher is the shipped U-Net with guidance 2,
+# one Heun step between adjacent levels of an 18-level Karras grid from `sigma / alpha = 157`
+# to `0.01`. The rows `cd_*` of the table above; the values of `tau` were chosen on the
+# validation digits.
+
+# %%
+labels = np.repeat(np.arange(10), 2 if FAST else 4)
+noise = np.random.default_rng(7).standard_normal((len(labels), 1, 28, 28)).astype(np.float32)
+shown = [(f"progressive, {n} steps", SHIPPED[f"pd{n}"], ()) for n in (4, 2)]
+best = table["students"]["chosen_taus"]
+shown += [(f"consistency, {len(t) + 1} evaluation(s)", SHIPPED["cm"], tuple(t))
+          for t in ([], best["2"], best["4"])]
+fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 0.8 * len(labels) // 10 + 1))
+for ax, (title, path_, taus) in zip(axes, shown, strict=True):
+    x = distill_mnist.sample_student(path_, labels, noise, taus, np.random.default_rng(8))
+    plot.digits(ax, x, len(labels) // 10, title)
+plt.show()
+
+# %% [markdown]
+# ## Where this lives in the wild
+#
+# - k-diffusion (`crowsonkb/k-diffusion`, `sampling.py`): `sample_dpmpp_2m`, `sample_dpmpp_3m_sde`
+#   (with `eta = 0` the deterministic 3M; see `samplers.dpm_solver_pp_3m` for its second
+#   difference's weight), `get_sigmas_karras`, `get_sigmas_exponential` (this chapter's lambda grid).
+# - diffusers: `DPMSolverMultistepScheduler` (`solver_order=3`), `UniPCMultistepScheduler`,
+#   `LCMScheduler`; consistency models' own code (`openai/consistency_models`) has
+#   `get_scalings_for_boundary_condition` and the multistep sampler.
+#
+# ## Exercises (course build)
+#
+# 12.1 `distill.distillation_target` (section 2); 12.2 `distill.consistency_scalings` (section
+# 3); 12.3 the consistency distillation pair in `distill.consistency_batch` (section 3); 12.4
+# `distill.multistep_sample` (section 3).
+#
+# ## Checks
+
+# %%
+assert np.abs(one - two).max() < 1e-10
+assert d_cd.mean() < (0.4 if FAST else 0.2)
+assert all(np.isfinite(sw) for _, sw, _ in pd_rows)
