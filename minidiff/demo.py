@@ -205,9 +205,38 @@ def demo_chapter11(out, fast, seed=0):
         plot.save(plot.prompt_rows(x, list(DEMO_PROMPTS), per_prompt), out / f"11_{solver}.png")
 
 
+def demo_chapter12(out, fast, seed=0):
+    """The shipped few-step students from the same noise: the progressive students in 4 and 2
+    DDIM steps and the consistency model in one evaluation, each above the teacher's guided DDIM
+    on the same noise levels; the classifier's agreement with the requested digit."""
+    from . import distill_mnist, samplers
+    from .images import load_classifier
+    from .models import classifier
+
+    print("Chapter 12 — few-step students of the shipped U-Net (shipped weights)")
+    labels = np.repeat(np.arange(10), 2 if fast else 10)
+    z = np.random.default_rng(seed).standard_normal((len(labels), 1, 28, 28)).astype(np.float32)
+    clf = load_classifier(SHIPPED["classifier"])
+    teacher = distill_mnist.guided_teacher(distill_mnist.teacher_model(SHIPPED["unet"]), labels)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 2 + 0.4 * len(labels) // 10))
+    for col, name in enumerate(("pd4", "pd2", "cm")):
+        d = distill_mnist.load_student(SHIPPED[name])[2]["distilled"]
+        levels = np.asarray(d["levels"] if name != "cm" else [d["sigma_max"], 0.0])
+        x = distill_mnist.sample_student(SHIPPED[name], labels, z)
+        t = np.clip(samplers.euler(teacher, levels[0] * z, levels), -1, 1)
+        who = (f"progressive student, {len(levels) - 1} steps" if name != "cm"
+               else "consistency model, 1 evaluation")
+        for row, (title, im) in enumerate(((who, x), (f"teacher, {len(levels) - 1} DDIM "
+                                                       "step(s)", t))):
+            agree = np.mean(classifier.predict(clf, im.astype(np.float32)) == labels)
+            print(f"  {title}: the digit asked for in {100 * agree:.0f}%")
+            plot.digits(axes[row, col], im, len(labels) // 10, f"{title}: {100 * agree:.0f}%")
+    plot.save(fig, out / "12_students.png")
+
+
 def run(out="out", fast=False, seed=0):
-    """Every chapter's demo in order (chapters 1, 6, 8, 9, 10 and 11 so far); returns the seconds
-    taken.
+    """Every chapter's demo in order (chapters 1, 6, 8, 9, 10, 11 and 12 so far); returns the
+    seconds taken.
     Sets the allocator option of ``nn.memory`` for this process (an entry point's choice)."""
     from .nn.memory import keep_freed_memory
 
@@ -221,6 +250,7 @@ def run(out="out", fast=False, seed=0):
     demo_chapter9(out, fast, seed, unet_samples)
     demo_chapter10(out, fast, seed)
     demo_chapter11(out, fast, seed)
+    demo_chapter12(out, fast, seed)
     seconds = time.perf_counter() - t0
     print(f"figures in {out}/ ; demo took {seconds:.0f} s")
     return seconds

@@ -222,8 +222,10 @@ print(f"teacher, DDIM 100 steps: FD {ref:.2f} (validation), "
 cd_steps = 300 if FAST else 2000
 f_cd, p_cd, losses_cd = distill.fit_toy_consistency(mix, steps=cd_steps, sigma_max=SMAX)
 d_cd = np.linalg.norm(f_cd(p_cd, x_T, SMAX) - x_ode, axis=1)
+d_one = np.linalg.norm(D_exact(x_T, SMAX) - x_ode, axis=1)  # the teacher's one-step guess
 print(f"consistency distillation, {cd_steps} steps: one evaluation lands {d_cd.mean():.3f} from "
-      f"the exact ODE's end on average (median {np.median(d_cd):.3f}; the modes' std is 0.2)")
+      f"the exact ODE's end on average (median {np.median(d_cd):.3f}; the modes' std is 0.2); "
+      f"the teacher's own one-step guess D(x, {SMAX:g}) lands {d_one.mean():.2f} away")
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 5))
@@ -321,5 +323,5 @@ plt.show()
 
 # %%
 assert np.abs(one - two).max() < 1e-10
-assert d_cd.mean() < (0.4 if FAST else 0.2)
+assert d_cd.mean() < 0.4 * d_one.mean()
 assert all(np.isfinite(sw) for _, sw, _ in pd_rows)

@@ -17,6 +17,7 @@ def test_demo_runs_fast_and_reports_what_it_measured(tmp_path, capsys):
     assert "U-Net: 20 samples" in printed and "DiT: 20 samples" in printed
     assert "24 samples of 6 prompts" in printed
     assert "SDE, w = sigma_t" in printed and (tmp_path / "11_sigma.png").exists()
+    assert "consistency model, 1 evaluation" in printed and (tmp_path / "12_students.png").exists()
     assert "demo took" in printed
 
 

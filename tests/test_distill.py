@@ -185,3 +185,36 @@ def test_the_guided_teacher_takes_one_level_per_image():
     for k, s in enumerate((5.0, 0.5)):
         one = distill_mnist.guided_teacher(model, labels[k:k + 1])(x[k:k + 1], s)
         np.testing.assert_allclose(both[k:k + 1], one, atol=1e-5)
+
+
+def test_the_mnist_recipes_write_students_that_sample_and_keep_the_boundary(tmp_path):
+    # Two steps of each recipe (batch 4, one process): the files load, sample in their number of
+    # steps, record their levels, and a finished stage is not trained again.
+    from minidiff import images
+
+    teacher = images.SHIPPED["unet"]
+    distill_mnist.train_progressive(teacher, tmp_path, base=2, final=1, stage_steps=2,
+                                    round_steps=2, batch_size=4, workers=1)
+    assert sorted(p.name for p in tmp_path.glob("pd_*.npz")) == ["pd_1.npz", "pd_2.npz"]
+    denoise, params, meta = distill_mnist.load_student(tmp_path / "pd_1.npz")
+    levels = meta["distilled"]["levels"]
+    assert len(levels) == 2 and levels[-1] == 0.0 and meta["target"] == "v"
+    z = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    x = distill_mnist.sample_student(tmp_path / "pd_1.npz", np.array([1, 2, 3]), z)
+    assert x.shape == (3, 1, 28, 28) and x.dtype == np.float32 and np.abs(x).max() <= 1.0
+    before = (tmp_path / "pd_2.npz").stat().st_mtime_ns
+    distill_mnist.train_progressive(teacher, tmp_path, base=2, final=1, stage_steps=2,
+                                    round_steps=2, batch_size=4, workers=1)
+    assert (tmp_path / "pd_2.npz").stat().st_mtime_ns == before
+
+    out = tmp_path / "cm.npz"
+    distill_mnist.train_consistency(teacher, tmp_path / "pd_2.npz", out, levels=4, steps=2,
+                                    batch_size=4, workers=1)
+    denoise, params, meta = distill_mnist.load_student(out)
+    d = meta["distilled"]
+    f = distill.consistency_from_denoiser(denoise, d["sigma_min"])
+    assert np.array_equal(f(params, z, d["sigma_min"], np.array([1, 2, 3])), z)
+    x = distill_mnist.sample_student(out, np.array([1, 2, 3]), z, taus=(2.0,))
+    assert x.shape == (3, 1, 28, 28) and np.isfinite(x).all()
+    with pytest.raises(ValueError, match="not a distilled student"):
+        distill_mnist.load_student(teacher)
