@@ -1,10 +1,17 @@
-"""Chapter 12 — few-step sampling and distillation (in progress: issue 27).
+"""Chapter 12 — few-step sampling: solvers against evaluations, progressive distillation and
+consistency models.
 
-So far: the consistency function's parametrisation and the multistep consistency sampler
-(``consistency_scalings``, ``consistency_function``, ``multistep_sample``; below), and
-**progressive distillation's target** (Salimans & Ho 2022, Algorithm 2). A student learns
-to take in one DDIM step what its teacher takes in two. On a path ``z_t = alpha_t x + sigma_t eps``
-the deterministic DDIM step from ``t`` to ``s`` with a prediction ``x_hat`` of the data is
+Every sampler of the book solves the probability-flow ODE of one network; its cost is the number
+of network evaluations (NFE). Two ways to spend fewer:
+
+**Better solvers, the same network.** ``SOLVERS`` (DDIM, which in the sigma frame of
+``samplers.py`` is exactly Euler; Heun; DPM-Solver++(2M) and (3M)) on ``GRIDS`` (Karras et al.'s
+``rho = 7`` grid; uniform in ``lambda = -log sigma``); ``solver_levels`` gives each the grid on
+which it spends a given NFE.
+
+**Progressive distillation** (Salimans & Ho 2022). A student learns to take in one DDIM step
+what its teacher takes in two. On a path ``z_t = alpha_t x + sigma_t eps`` the deterministic
+DDIM step from ``t`` to ``s`` with a prediction ``x_hat`` of the data is
 
     z_s = alpha_s x_hat + sigma_s eps_hat,     eps_hat = (z_t - alpha_t x_hat) / sigma_t
 
@@ -14,12 +21,13 @@ exactly where the teacher's two did:
 
     x_tilde = (z_t'' - (sigma_t'' / sigma_t) z_t) / (alpha_t'' - (sigma_t'' / sigma_t) alpha_t)
 
-(their Algorithm 2, the line defining ``x_tilde``; ``distillation_target``). A test holds the
-identity with the exact mixture teacher in float64.
+(their Algorithm 2, the line defining ``x_tilde``; ``distillation_target``;
+``progressive_target`` in the sigma frame). The loss is weighted by ``max(SNR, 1)``
+(``truncated_snr_weight``); each round's student starts from its teacher and halves the steps.
 
 **Consistency models** (Song et al. 2023) learn ``f(x, sigma)``: the end at ``sigma_min`` of the
-probability-flow ODE's trajectory through ``x`` at ``sigma`` (in the sigma frame of
-``samplers.py``). The boundary condition ``f(x, sigma_min) = x`` is built into the network,
+probability-flow ODE's trajectory through ``x`` at ``sigma``. The boundary condition ``f(x,
+sigma_min) = x`` is built into the network,
 
     f(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, ln(sigma) / 4),
     c_skip = sd² / ((sigma - sigma_min)² + sd²),
@@ -27,8 +35,17 @@ probability-flow ODE's trajectory through ``x`` at ``sigma`` (in the sigma frame
 
 (EDM's scalings shifted so that ``c_skip = 1`` and ``c_out = 0`` at ``sigma_min``; the values of
 the paper's code, ``get_scalings_for_boundary_condition``, with ``c_in = 1 / sqrt(sigma² +
-sd²)`` and EDM's ``c_noise``). Sampling evaluates ``f`` at the noise, then alternately adds noise
-back to a lower level ``tau`` and evaluates ``f`` again (their Algorithm 1).
+sd²)`` and EDM's ``c_noise``; ``consistency_from_denoiser`` is the form for a network that
+predicts the data). *Distillation* pulls ``f(x, sigma_n)`` towards an EMA copy of ``f`` at the
+teacher's one Heun step down to ``sigma_{n+1}`` (``consistency_batch``); *training* replaces the
+step by the same data point and noise one level down (``consistency_training_batch``), with Song
+& Dhariwal's (2023) growing grid, lognormal levels, weights and pseudo-Huber distance
+(``ict_levels``, ``ict_level_probabilities``, ``pseudo_huber``). Sampling evaluates ``f`` at
+the noise, then alternately adds noise back to a lower level ``tau`` and evaluates ``f`` again
+(their Algorithm 1; ``multistep_sample``).
+
+Everything is exact on 2D data (``mixture_denoiser``; ``fit_toy_progressive``,
+``fit_toy_consistency``); ``distill_mnist.py`` applies it to the shipped U-Net.
 """
 
 import math
@@ -175,7 +192,9 @@ def consistency_from_denoiser(denoise, sigma_min=0.002, sigma_data=0.5):
 def heun_step(denoiser, x, sigma, sigma_next):
     """One step of Heun's method on the probability-flow ODE ``dx/dsigma = (x - D) / sigma``
     from ``sigma`` to ``sigma_next > 0``, per sample: the teacher's ODE solver of consistency
-    distillation (Song et al. 2023, sec. 4, with EDM's Heun solver; ``samplers.heun``'s step)."""
+    distillation (Song et al. 2023, sec. 4, with EDM's Heun solver; ``samplers.heun``'s step).
+    The levels take ``x``'s dtype, so float32 images stay float32."""
+    sigma, sigma_next = (onp.asarray(v, dtype=x.dtype) for v in (sigma, sigma_next))
     s = per_sample(sigma, x, "sigma", positive=True)
     s_next = per_sample(sigma_next, x, "sigma_next", positive=True)
     d = eps_from_x0(denoiser(x, sigma), x, 1.0, sigma)
@@ -187,7 +206,10 @@ def heun_step(denoiser, x, sigma, sigma_next):
 def progressive_target(teacher, x, sigma, sigma_mid, sigma_next):
     """Progressive distillation's regression target in the sigma frame: the teacher's two DDIM
     steps ``sigma -> sigma_mid -> sigma_next`` (``sigma_next`` may be 0), then the ``x_tilde``
-    whose one DDIM step lands there (``distillation_target`` with ``alpha = 1``)."""
+    whose one DDIM step lands there (``distillation_target`` with ``alpha = 1``). The levels take
+    ``x``'s dtype."""
+    sigma, sigma_mid, sigma_next = (onp.asarray(v, dtype=x.dtype)
+                                    for v in (sigma, sigma_mid, sigma_next))
     x_mid = ddim_step(teacher(x, sigma), x, 1.0, sigma, 1.0, sigma_mid)
     x_next = ddim_step(teacher(x_mid, sigma_mid), x_mid, 1.0, sigma_mid, 1.0, sigma_next)
     return distillation_target(x, x_next, 1.0, sigma, 1.0, sigma_next)
