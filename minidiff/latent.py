@@ -17,7 +17,7 @@ Sampling runs DDIM with guidance in the latent space and decodes the result. Rea
 the autoencoder's training and latent scale, the latent model's batches and loss, sampling from
 a prompt, the measures of whether the model listened, and a look at its cross-attention.
 """
-# line budget: 280 -- the glue of two networks (autoencoder, latent model): training, the commands
+# line budget: 285 -- the glue of two networks (autoencoder, latent model): training, the commands
 # that train and record them, sampling, the adherence measures and the attention probe.
 
 import functools
@@ -214,9 +214,16 @@ def caption_guided_eps(apply, params, config, context, null_context, guidance):
     (``guidance.guide``), the empty caption's token states as the unconditional branch; both
     halves as one batch of ``2N``. ``context`` and ``null_context``: ``encode_captions``
     outputs for ``N`` and for 1 caption (a ``"pooled"`` entry rides along). The rule is linear in
-    the prediction, so it guides a flow velocity the same way (chapter 10)."""
-    guidance = check_scale(guidance)
+    the prediction, so it guides a flow velocity the same way (chapter 10). ``guidance`` may be
+    one scale per caption ``(N,)`` and the step one per image (chapter 12's distillation)."""
     n = context["context"].shape[0]
+    if onp.ndim(guidance) == 0:
+        guidance = check_scale(guidance)
+    elif onp.shape(guidance) != (n,) or not onp.all(onp.isfinite(guidance)):
+        raise ValueError(f"`guidance` must be a finite number or one per caption, shape "
+                         f"({n},) (got shape {onp.shape(guidance)})")
+    else:
+        guidance = onp.asarray(guidance, onp.float64).reshape(n, 1, 1, 1)
     null = {k: onp.repeat(v, n, axis=0) for k, v in null_context.items()}
     s = max(context["context"].shape[1], null["context"].shape[1])
 
@@ -230,11 +237,11 @@ def caption_guided_eps(apply, params, config, context, null_context, guidance):
     both.update({k: onp.concatenate([context[k], null[k]]) for k in context if k not in both})
 
     def eps_fn(x, i):
-        if guidance == 1.0:
-            return apply(params, x, onp.full(n, i, onp.float32), context, config)
-        out = apply(params, onp.concatenate([x, x]), onp.full(2 * n, i, onp.float32), both,
-                    config)
-        return guide(out[:n], out[n:], guidance)
+        t = onp.broadcast_to(onp.asarray(i, onp.float32), (n,))
+        if onp.ndim(guidance) == 0 and guidance == 1.0:
+            return apply(params, x, t, context, config)
+        out = apply(params, onp.concatenate([x, x]), onp.concatenate([t, t]), both, config)
+        return guide(out[:n], out[n:], onp.asarray(guidance, out.dtype))
     return eps_fn
 
 

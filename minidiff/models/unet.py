@@ -32,6 +32,11 @@ layer's width), and the attention projections have biases where SD's have none.
 The resolution need not be a power of two: a stride-2 convolution takes 7 x 7 to 4 x 4, and the
 decoder's nearest up-sampling (to 8 x 8) is cropped back to its skip connection's size.
 
+Chapter 12's latent consistency model takes the guidance scale ``w`` as an input
+(``guidance_embedding=True``; Luo et al. 2023, sec. 4.2): ``1000 w`` gets the time's sinusoidal
+embedding, a zero-initialised linear map, and is added to the time's sinusoids before the time
+MLP, so a student built from a teacher's weights starts out as the teacher.
+
 ``params = init(rng, config)``; ``apply(params, x, t, y, config) -> (N, C, H, W)``.
 """
 
@@ -65,6 +70,7 @@ class UNetConfig:
     rescale_skip: bool = True
     adagn: bool = True
     context_dim: int | None = None  # chapter 8: cross-attention to text token states
+    guidance_embedding: bool = False  # chapter 12: the guidance scale as an input (LCM)
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -233,6 +239,20 @@ def _transformer_block(p, x, context, mask, cfg):
     return x + np.transpose(np.reshape(out, (n, hgt, wid, c)), (0, 3, 1, 2))
 
 
+def split_guidance(y, n):
+    """``(condition, w)`` of a model with ``guidance_embedding``: ``y`` is the condition with
+    the guidance scale per sample riding along, ``{"guidance": (N,), **context}`` for a text
+    model or ``{"guidance": (N,), "labels": (N,)}`` for a class model."""
+    if not isinstance(y, dict) or "guidance" not in y:
+        raise ValueError("`y` must be a dict with a 'guidance' entry (one scale per sample) for "
+                         f"a model with `guidance_embedding` (got {type(y).__name__})")
+    w = onp.broadcast_to(onp.asarray(y["guidance"], onp.float64), (n,))
+    if not onp.all(onp.isfinite(w)):
+        raise ValueError(f"`y['guidance']` must be finite (got {w})")
+    rest = {k: v for k, v in y.items() if k != "guidance"}
+    return (rest.get("labels") if set(rest) <= {"labels"} else rest), w
+
+
 def check_context(y, n, context_dim):
     """A text context ``{"context": (n, S, context_dim), "mask": (n, S) bool}``; ``None`` is the
     empty context (one masked position: cross-attention contributes nothing)."""
@@ -265,6 +285,8 @@ def init(rng, config=UNetConfig(), dtype=onp.float32):
         # N(0, 1), as ADM's nn.Embedding: a class signal as strong as the time signal from the
         # first step (a 0.02-scale start left the first shipped run weakly conditioned).
         p["class_emb"] = rng.standard_normal((cfg.num_classes + 1, emb)).astype(dtype)
+    if cfg.guidance_embedding:  # zero: a student built from a teacher starts as the teacher
+        p["guidance_emb"] = init_linear(rng, ch0, ch0, dtype, zero=True)
     skips, c = [ch0], ch0
     last = len(cfg.channels) - 1
     for lv, c_out in enumerate(cfg.channels):
@@ -301,13 +323,18 @@ def init(rng, config=UNetConfig(), dtype=onp.float32):
 def apply(params, x, t, y=None, config=UNetConfig()):
     """``x: (N, C, H, W)``, ``t: (N,)`` (or a scalar; the DDPM step index or any real time),
     ``y: (N,)`` int labels in ``0 .. num_classes`` (``num_classes`` = the null label; ``None``
-    means all null), or with ``context_dim`` a text context (``check_context``; ``None`` = empty)
+    means all null), or with ``context_dim`` a text context (``check_context``; ``None`` = empty);
+    with ``guidance_embedding`` the guidance scale rides along in ``y`` (``split_guidance``)
     -> ``(N, C, H, W)``."""
     cfg = config
     n = x.shape[0]
     t = check_images(x, t, cfg)
-    emb = linear(params["time2"], silu(linear(params["time1"], sinusoidal_embedding(
-        t, cfg.channels[0], dtype=x.dtype))))  # (N, emb)
+    emb = sinusoidal_embedding(t, cfg.channels[0], dtype=x.dtype)
+    if cfg.guidance_embedding:  # Luo et al. 2023: embed 1000 w like a time, add before the MLP
+        y, w = split_guidance(y, n)
+        emb = emb + linear(params["guidance_emb"], sinusoidal_embedding(
+            1000.0 * w, cfg.channels[0], dtype=x.dtype))
+    emb = linear(params["time2"], silu(linear(params["time1"], emb)))  # (N, emb)
     if cfg.context_dim is not None:
         context, mask = check_context(y, n, cfg.context_dim)
         context = context.astype(x.dtype) if isinstance(context, onp.ndarray) else context
