@@ -45,7 +45,9 @@ the noise, then alternately adds noise back to a lower level ``tau`` and evaluat
 (their Algorithm 1; ``multistep_sample``).
 
 Everything is exact on 2D data (``mixture_denoiser``; ``fit_toy_progressive``,
-``fit_toy_consistency``); ``distill_mnist.py`` applies it to the shipped U-Net.
+``fit_toy_consistency``); ``distill_mnist.py`` applies it to the shipped U-Net, and
+``distill_latent.py`` to chapter 8's latent model with the guidance scale as an input (a latent
+consistency model, Luo et al. 2023).
 """
 
 import math

@@ -84,7 +84,7 @@ def student_loss(mode, config_dict, schedule, sigma_min=None, huber_c=None):
     denoise = student_denoiser(unet.apply, config, make_schedule(**schedule).path)
     if mode == "regress":
         def loss(params, batch):
-            err = anp.mean((denoise(params, batch["x"], batch["sigma"], batch["y"])
+            err = anp.mean((denoise(params, batch["x"], batch["sigma"], condition(batch))
                             - batch["target"]) ** 2, axis=(1, 2, 3))
             return anp.mean(err * batch["weight"])
         return loss
@@ -93,9 +93,18 @@ def student_loss(mode, config_dict, schedule, sigma_min=None, huber_c=None):
     f = consistency_from_denoiser(denoise, sigma_min)
 
     def loss(params, batch):
-        return anp.mean(pseudo_huber(f(params, batch["x"], batch["sigma"], batch["y"]),
+        return anp.mean(pseudo_huber(f(params, batch["x"], batch["sigma"], condition(batch)),
                                      batch["target"], huber_c))
     return loss
+
+
+def condition(batch):
+    """The student's condition in a flat batch (one whose entries all split along the first
+    axis): the labels ``"y"``, or a caption's ``"context"`` and ``"mask"`` with the guidance
+    scale ``"w"`` of a latent consistency model (``distill_latent``)."""
+    if "y" in batch:
+        return batch["y"]
+    return {"context": batch["context"], "mask": batch["mask"], "guidance": batch["w"]}
 
 
 def teacher_model(path):
@@ -106,7 +115,7 @@ def teacher_model(path):
     return apply, params, config, model_schedule(meta)
 
 
-def _fit_student(mode, state, batch_fn, steps, config, schedule, workers, checkpoint, run,
+def fit_student(mode, state, batch_fn, steps, config, schedule, workers, checkpoint, run,
                  lr, ema=0.999, **loss_kw):
     import functools
 
@@ -204,7 +213,7 @@ def train_progressive(teacher_path, out_dir, *, base=16, final=2, grid="karras",
         from .train import init_state
 
         t0 = time.perf_counter()
-        state, losses = _fit_student("regress", init_state(params, seed + n), batch_fn, steps,
+        state, losses = fit_student("regress", init_state(params, seed + n), batch_fn, steps,
                                      config, schedule, workers, ckpt,
                                      {"stage": stage, "steps_student": n, **common}, lr)
         params = state.ema
@@ -216,6 +225,15 @@ def train_progressive(teacher_path, out_dir, *, base=16, final=2, grid="karras",
         print(f"{path}: {steps} steps, {time.perf_counter() - t0:.0f} s", flush=True)
         n //= 2
     return out_dir
+
+
+def consistency_grid(chain, levels):
+    """Karras et al.'s grid of ``levels`` levels from the chain's largest ``sigma / alpha`` down
+    to its smallest, ``sigma_min``, where the consistency function is the identity."""
+    sigma_min = float(chain.ratios[0])
+    grid = samplers.karras_sigmas(levels, sigma_min, float(chain.ratios[-1]))[:-1]
+    grid[-1] = sigma_min  # exactly, not its rho-th power of a root: the boundary sits there
+    return grid
 
 
 def train_consistency(teacher_path, start_path, out, *, levels=18, steps=400, batch_size=64,
@@ -240,9 +258,8 @@ def train_consistency(teacher_path, start_path, out, *, levels=18, steps=400, ba
     _, _, config, sched = teacher
     schedule = load_model(teacher_path)[3].get("schedule", {"name": "linear", "T": 1000})
     chain = sched.path
-    sigma_min, sigma_max = float(chain.ratios[0]), float(chain.ratios[-1])
-    grid = samplers.karras_sigmas(levels, sigma_min, sigma_max)[:-1]
-    grid[-1] = sigma_min  # exactly, not its rho-th power of a root: the boundary sits there
+    grid = consistency_grid(chain, levels)
+    sigma_min, sigma_max = float(grid[-1]), float(grid[0])
     data_x, data_y = mnist("fit")
     f = consistency_from_denoiser(student_denoiser(unet.apply, config, chain), sigma_min)
     huber_c = 0.00054 * math.sqrt(28 * 28)
@@ -261,31 +278,43 @@ def train_consistency(teacher_path, start_path, out, *, levels=18, steps=400, ba
         return {**b, "x": b["x"].astype(onp.float32), "y": y,
                 "target": onp.asarray(b["target"], onp.float32)}
 
+    t0 = time.perf_counter()
+    state, _ = distil_consistency(state, config, schedule, batch_fn, target, steps, lr=lr,
+                                  mu=mu, workers=workers, run=run, sigma_min=sigma_min,
+                                  huber_c=huber_c,
+                                  checkpoint=out.with_name(out.stem + ".state.npz"))
+    _save_student(out, state.params, config, schedule, method="consistency",
+                  sigma_min=sigma_min, sigma_max=sigma_max, levels_grid=levels, train_steps=steps,
+                  seconds=time.perf_counter() - t0, **{k: v for k, v in run.items()
+                                                      if k != "stage"})
+    return out
+
+
+def distil_consistency(state, config, schedule, batch_fn, target, steps, *, lr, mu, workers,
+                       run, sigma_min, huber_c, checkpoint):
+    """The loop of consistency distillation: ``batch_fn(rng)`` makes its targets with the
+    parameters in ``target["params"]``, which follow the training state's EMA (decay ``mu``,
+    no warm-up) after every step. Resumes from ``checkpoint``. Returns ``(state, losses)``."""
     import functools
 
     from . import train
 
-    ckpt = out.with_name(out.stem + ".state.npz")
-    state, resumed = train.resume_or_init(ckpt, run, lambda: state)
+    state, resumed = train.resume_or_init(checkpoint, run, lambda: state)
     target["params"] = state.ema
     factory = functools.partial(student_loss, "consistency", config.to_dict(), schedule,
                                 sigma_min=sigma_min, huber_c=huber_c)
-    t0, losses = time.perf_counter(), []
+    losses = []
     with _parallel(factory, state.params, workers) as value_and_grad:
         for record in train.train(None if workers > 1 else factory(), state, batch_fn, steps,
                                   lr=lr, warmup=20, clip=1.0, ema=mu, ema_warmup=False,
-                                  checkpoint_path=ckpt, checkpoint_every=50, run=run,
+                                  checkpoint_path=checkpoint, checkpoint_every=50, run=run,
                                   value_and_grad=value_and_grad):
             target["params"] = record["state"].ema
             losses.append(record["loss"])
             if record["step"] % 25 == 0:
                 print(f"step {record['step']}: loss {onp.mean(losses[-25:]):.4f}", flush=True)
             state = record["state"]
-    _save_student(out, state.params, config, schedule, method="consistency",
-                  sigma_min=sigma_min, sigma_max=sigma_max, levels_grid=levels, train_steps=steps,
-                  seconds=time.perf_counter() - t0, **{k: v for k, v in run.items()
-                                                      if k != "stage"})
-    return out
+    return state, losses
 
 
 def _parallel(factory, params, workers):

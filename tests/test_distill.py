@@ -218,3 +218,110 @@ def test_the_mnist_recipes_write_students_that_sample_and_keep_the_boundary(tmp_
     assert x.shape == (3, 1, 28, 28) and np.isfinite(x).all()
     with pytest.raises(ValueError, match="not a distilled student"):
         distill_mnist.load_student(teacher)
+
+
+def _tiny_text_unet(guidance_embedding=False):
+    from minidiff.models import unet
+
+    return unet.UNetConfig(in_channels=4, resolution=7, channels=(16, 16), attention_levels=(1,),
+                           head_channels=8, context_dim=8, num_classes=None,
+                           guidance_embedding=guidance_embedding)
+
+
+def _jitter(tree, rng):
+    # a trained network's stand-in: ADM zero-initialises every residual branch's last layer, so
+    # a fresh U-Net ignores its time (and guidance) embedding until these move
+    if isinstance(tree, dict):
+        return {k: _jitter(v, rng) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_jitter(v, rng) for v in tree]
+    return tree + 0.05 * rng.standard_normal(tree.shape)
+
+
+def _contexts(rng, n, length):
+    mask = np.ones((n, length), bool)
+    mask[0, -1] = False  # one caption shorter than the others
+    return {"context": rng.standard_normal((n, length, 8)), "mask": mask}
+
+
+def test_the_guidance_embedding_starts_as_its_teacher_and_then_reads_w(rng):
+    # Luo et al. 2023's w input: zero-initialised, so a student built from a teacher's weights
+    # computes exactly the teacher's function at every w; once trained it reads w per sample.
+    from minidiff.models import unet
+
+    cfg, gcfg = _tiny_text_unet(), _tiny_text_unet(True)
+    teacher = _jitter(unet.init(rng, cfg, np.float64), rng)
+    student = {**teacher, "guidance_emb": unet.init(rng, gcfg, np.float64)["guidance_emb"]}
+    x, t = rng.standard_normal((3, 4, 7, 7)), np.array([10.0, 500.0, 990.0])
+    ctx = _contexts(rng, 3, 5)
+    want = unet.apply(teacher, x, t, ctx, cfg)
+    for w in (1.0, 2.5):
+        assert np.array_equal(unet.apply(student, x, t, {**ctx, "guidance": w}, gcfg), want)
+    student["guidance_emb"]["w"] = 0.1 * rng.standard_normal(student["guidance_emb"]["w"].shape)
+    at1, at2 = (unet.apply(student, x, t, {**ctx, "guidance": w}, gcfg) for w in (1.0, 2.0))
+    assert np.abs(at1 - at2).max() > 1e-3  # the output depends on w ...
+    mixed = unet.apply(student, x, t, {**ctx, "guidance": np.array([1.0, 2.0, 1.0])}, gcfg)
+    np.testing.assert_allclose(mixed[[0, 2]], at1[[0, 2]], rtol=0, atol=1e-12)  # ... per sample
+    np.testing.assert_allclose(mixed[1], at2[1], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="'guidance' entry"):
+        unet.apply(student, x, t, ctx, gcfg)
+
+
+def test_caption_guidance_takes_one_scale_per_caption(rng):
+    # The teacher of the latent consistency model guides each caption at its own w and level:
+    # one batched call equals caption-by-caption calls with scalar w and step (float64).
+    from minidiff import latent
+    from minidiff.models import unet
+
+    cfg = _tiny_text_unet()
+    params = _jitter(unet.init(rng, cfg, np.float64), rng)
+    ctx, null = _contexts(rng, 3, 4), _contexts(rng, 1, 2)
+    null["mask"][0, -1] = True
+    x, steps, w = rng.standard_normal((3, 4, 7, 7)), np.array([10.0, 500.0, 990.0]), \
+        np.array([1.0, 2.0, 3.5])
+    both = latent.caption_guided_eps(unet.apply, params, cfg, ctx, null, w)(x, steps)
+    for k in range(3):
+        one = latent.caption_guided_eps(unet.apply, params, cfg,
+                                        {key: v[k:k + 1] for key, v in ctx.items()}, null,
+                                        float(w[k]))(x[k:k + 1], steps[k])
+        np.testing.assert_allclose(both[k:k + 1], one, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="one per caption"):
+        latent.caption_guided_eps(unet.apply, params, cfg, ctx, null, w[:2])
+
+
+def test_the_latent_consistency_recipe_writes_a_model_that_samples(tmp_path):
+    # Two steps of each stage (batch 4, one process) on 32 digits: the file is a latent model
+    # with the guidance input, its f meets the boundary exactly at any w, it samples in one and
+    # two evaluations, and its first stage is not trained again.
+    from minidiff import datasets, distill_latent, latent
+    from minidiff.images import SHIPPED
+    from minidiff.nn import checkpoint
+    from minidiff.text_encoder import CaptionedDigits, encode_captions, load_text_encoder
+
+    x, y = datasets.mnist("fit")
+    data = CaptionedDigits(x[:32], y[:32], load_text_encoder(SHIPPED["clip"])[2])
+    out = tmp_path / "lcm.npz"
+    kw = dict(levels=4, stage_steps=2, steps=2, batch_size=4, workers=1, data=data)
+    distill_latent.train_lcm(SHIPPED["ldm"], out, **kw)
+    models = latent.load_models(out)
+    params, config = models["ldm"]
+    assert config.guidance_embedding and config.context_dim is not None
+    meta = checkpoint.load(out)[1]
+    d = meta["distilled"]
+    assert meta["target"] == "v" and d["method"] == "latent consistency"
+    f = distill.consistency_from_denoiser(distill_latent.lcm_denoiser(config), d["sigma_min"])
+    z = np.random.default_rng(0).standard_normal((2, 4, 7, 7)).astype(np.float32)
+    prompts = ["a bold seven", "a two leaning left"]
+    ctx = encode_captions(*models["text"], prompts)
+    for w in (1.0, 3.0):
+        y_w = distill_latent.condition(ctx, np.full(2, w))
+        assert np.array_equal(f(params, z, d["sigma_min"], y_w), z)
+    for taus in ((), (2.0,)):
+        img = distill_latent.sample_lcm(out, prompts, 2.0, z, taus)
+        assert img.shape == (2, 1, 28, 28) and np.isfinite(img).all()
+    stage = tmp_path / "lcm.stage.npz"
+    before = stage.stat().st_mtime_ns
+    distill_latent.train_lcm(SHIPPED["ldm"], tmp_path / "lcm.npz", **kw)
+    assert stage.stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="not a latent consistency model"):
+        distill_latent.sample_lcm(SHIPPED["ldm"], prompts, 2.0, z)

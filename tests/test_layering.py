@@ -53,7 +53,7 @@ def layer(name):
     order = {"nn": (0, 0), "targets": (1, 0), "datasets": (1, 1), "captions": (1, 2),
              "process": (2, 0), "train": (3, 0), "models": (4, 0), "guidance": (6, 0),
              "images": (6, 1), "text_encoder": (6, 2), "latent": (6, 3), "latent_flow": (6, 4),
-             "distill_mnist": (6, 5),
+             "distill_mnist": (6, 5), "distill_latent": (6, 6),
              "tools": (7, 0), "demo": (7, 1), "pipeline": (7, 2), "__main__": (8, 0)}
     if top in CHAPTERS:
         return (5, CHAPTERS.index(top))

@@ -3,6 +3,7 @@ evaluations (NFE), and the distilled students against their teacher.
 
     python -m minidiff.tools.few_step solvers [--nfe 4 6 8 10 15 20 50] [--only ddim_karras ...]
     python -m minidiff.tools.few_step students out/ch12/pd_*.npz out/ch12/cd.npz
+    python -m minidiff.tools.few_step progressive | consistency | lcm   (training)
 
 ``solvers``: the shipped U-Net with classifier-free guidance 2, 1,000 images (100 per class),
 starting noise from seed 0, the same noise for every point. The reference is the project's
@@ -284,9 +285,16 @@ def main(argv=None):
     cd.add_argument("--levels", type=int, default=18)
     cd.add_argument("--mu", type=float, default=0.95)
     cd.add_argument("--lr", type=float, default=1e-4)
-    for q in (pd, cd):
-        q.add_argument("--teacher", default=str(images.SHIPPED["unet"].relative_to(
-            images.WEIGHTS_DIR.parent.parent)))
+    lcm = sub.add_parser("lcm", help="train a latent consistency model of chapter 8's latent "
+                         "model (distill_latent.train_lcm)")
+    lcm.add_argument("--out", default="out/ch12/lcm.npz")
+    lcm.add_argument("--stage-steps", type=int, default=300)
+    lcm.add_argument("--steps", type=int, default=600)
+    lcm.add_argument("--levels", type=int, default=18)
+    lcm.add_argument("--w-range", type=float, nargs=2, default=[1.0, 3.0])
+    for q in (pd, cd, lcm):
+        q.add_argument("--teacher", default=str(images.SHIPPED[
+            "ldm" if q is lcm else "unet"].relative_to(images.WEIGHTS_DIR.parent.parent)))
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("--workers", type=int, default=2)
         q.add_argument("--seed", type=int, default=0)
@@ -302,6 +310,14 @@ def main(argv=None):
             args.teacher, args.start, args.out, levels=args.levels, steps=args.steps,
             batch_size=args.batch_size, lr=args.lr, mu=args.mu, workers=args.workers,
             seed=args.seed)
+        return 0
+    if args.command == "lcm":
+        from .. import distill_latent
+
+        distill_latent.train_lcm(args.teacher, args.out, levels=args.levels,
+                                 w_range=tuple(args.w_range), stage_steps=args.stage_steps,
+                                 steps=args.steps, batch_size=args.batch_size,
+                                 workers=args.workers, seed=args.seed)
         return 0
     return {"solvers": solvers, "students": students, "summary": summary}[args.command](args)
 
