@@ -28,10 +28,10 @@ DEFAULT_SCHEDULE = {"name": "linear", "T": 1000}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
 # unet_small: chapter 7's autoguidance model; noisy_classifier: its noise-conditional classifier;
 # vae, clip, ldm: chapter 8's autoencoder, text encoder and latent model; pd4, pd2, cm: chapter
-# 12's progressive students (4 and 2 steps) and consistency model
+# 12's progressive students (4 and 2 steps), consistency model and latent consistency model
 SHIPPED = {name: WEIGHTS_DIR / f"{name}_mnist.npz"
            for name in ("unet", "dit", "classifier", "noisy_classifier", "unet_small", "vae",
-                        "clip", "ldm", "flow", "reflow", "mmdit", "sit", "pd4", "pd2", "cm")}
+                        "clip", "ldm", "flow", "reflow", "mmdit", "sit", "pd4", "pd2", "cm", "lcm")}
 
 
 def path_coefficients(sched, dtype=onp.float32):
