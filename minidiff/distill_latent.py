@@ -15,8 +15,8 @@ pixel students (``distill_mnist``):
    grid and a good solver, here 17 Heun steps for the whole ODE), the EMA as target network.
 
 A sample is ``multistep_sample`` in the latent space, decoded by chapter 8's autoencoder.
-``python -m minidiff.tools.few_step latent`` trains nothing; it scores a trained file
-(``python -m minidiff.tools.few_step lcm`` trains one).
+``python -m minidiff.tools.few_step lcm`` trains one; ``python -m minidiff.tools.lcm_eval``
+scores it with chapter 8's adherence protocol.
 """
 
 import dataclasses

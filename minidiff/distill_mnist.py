@@ -116,7 +116,9 @@ def teacher_model(path):
 
 
 def fit_student(mode, state, batch_fn, steps, config, schedule, workers, checkpoint, run,
-                 lr, ema=0.999, **loss_kw):
+                lr, ema=0.999, **loss_kw):
+    """Train a student on ``batch_fn``'s batches with ``student_loss(mode, ...)`` in ``workers``
+    processes, resuming from ``checkpoint`` when it holds the same ``run``: ``(state, losses)``."""
     import functools
 
     from . import train
@@ -214,8 +216,8 @@ def train_progressive(teacher_path, out_dir, *, base=16, final=2, grid="karras",
 
         t0 = time.perf_counter()
         state, losses = fit_student("regress", init_state(params, seed + n), batch_fn, steps,
-                                     config, schedule, workers, ckpt,
-                                     {"stage": stage, "steps_student": n, **common}, lr)
+                                    config, schedule, workers, ckpt,
+                                    {"stage": stage, "steps_student": n, **common}, lr)
         params = state.ema
         _save_student(path, params, config, schedule, method="progressive", steps=n,
                       levels=lv.tolist(), train_steps=steps, seconds=time.perf_counter() - t0,
@@ -299,7 +301,7 @@ def distil_consistency(state, config, schedule, batch_fn, target, steps, *, lr, 
 
     from . import train
 
-    state, resumed = train.resume_or_init(checkpoint, run, lambda: state)
+    state, _ = train.resume_or_init(checkpoint, run, lambda: state)
     target["params"] = state.ema
     factory = functools.partial(student_loss, "consistency", config.to_dict(), schedule,
                                 sigma_min=sigma_min, huber_c=huber_c)
