@@ -155,7 +155,7 @@ for name, need in table["solvers"]["within_10_percent"].items():
 # to come within 10% of the 100-step reference is DPM-Solver++(3M) on the lambda grid at 10
 # evaluations, then 3M on Karras at 15 (once its steps are small enough, the most accurate: FD
 # 11.0 at 20); DDIM and 2M on Karras need 20, 2M on lambda 50 (it misses at 20 by 0.01), Heun
-# on Karras 49. The table measures NFE 4-20 for every pair and 50 for one grid of each solver.
+# 49 on either grid. The table measures NFE 4-20 for every pair and 50 for five of them.
 # These are the NFE the distilled students of the next sections are measured against.
 
 # %% [markdown]
