@@ -14,6 +14,12 @@ pixel students (``distill_mnist``):
    between adjacent levels of Karras et al.'s grid (Luo et al.'s "skipping-step" idea: a coarse
    grid and a good solver, here 17 Heun steps for the whole ODE), the EMA as target network.
 
+Departures from Luo et al., each for a reason: their solver is DDIM over skips of 20 of the
+1,000 steps, here Heun on the 18-level grid the pixel model uses; their student keeps the
+teacher's eps target and is trained in one stage, here a v-student with a first stage (the
+chain's top ``sigma / alpha`` is 157, where ``x0`` from eps divides by 0.006); their ``w`` is
+ours minus one (``w = 1`` is the conditional model here).
+
 A sample is ``multistep_sample`` in the latent space, decoded by chapter 8's autoencoder.
 ``python -m minidiff.tools.few_step lcm`` trains one; ``python -m minidiff.tools.lcm_eval``
 scores it with chapter 8's adherence protocol.
