@@ -55,6 +55,18 @@ positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive numb
 probability = _number(float, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
 
 
+def steps_or_percent(text):
+    """``--cooldown``: a number of steps (``126``) or a share of the run (``20%``, a float 0.2)."""
+    expected = "a non-negative number of steps or a percentage below 100 (e.g. 126 or 20%)"
+    if text.endswith("%"):
+        share = _number(float, lambda v: 0.0 <= v < 100.0, expected)(text[:-1])
+        return share / 100.0
+    return _number(int, lambda v: v >= 0, expected)(text)
+
+
+steps_or_percent.__name__ = "steps or percent"
+
+
 def _output(path, overwrite, default_folder=False):
     """Check an output path before any work: its folder exists (the default ``out/`` is made)
     and it is not an existing file unless ``overwrite``."""
@@ -97,6 +109,13 @@ def cmd_train(args):
         raise UsageError("--paired drops exactly half of the labels: it needs --p-uncond 0.5 "
                          f"(got --p-uncond {args.p_uncond})")
     flow = args.model in ("mmdit", "flux", "flow-dit")
+    if args.minutes is not None and args.model not in ("unet", "dit"):
+        raise UsageError(f"--minutes is a budget for unet and dit (got {args.model}): give "
+                         "--steps")
+    if isinstance(args.cooldown, float) and args.model not in ("unet", "dit"):
+        raise UsageError(f"--cooldown as a percentage is for unet and dit (got {args.model})")
+    if args.steps is None and args.model not in ("unet", "dit"):
+        args.steps = 1600  # unet and dit: see _budget
     if args.target is None:
         args.target = "velocity" if flow else "eps"
     if args.target not in (("velocity", "eps", "score") if flow else ("eps", "v")):
@@ -124,32 +143,64 @@ def cmd_train(args):
     state, resumed = train.resume_or_init(
         ckpt, run, lambda: train.init_state(arch.init(np.random.default_rng(args.seed), cfg),
                                             args.seed))
+    steps, cooldown, spent, seconds = _budget(args, ckpt if resumed else None)
     if resumed:
-        print(f"resuming from {ckpt} at step {state.step}")
+        print(f"resuming from {ckpt} at step {state.step}"
+              + (f" ({spent / 60:.1f} min trained)" if spent else ""))
     keep_freed_memory()
     x, y = mnist("train")
     t0 = time.perf_counter()
     try:
         state, losses = images.train_mnist(
-            arch, cfg, state, x, y, args.steps, batch_size=args.batch_size, lr=args.lr,
-            warmup=args.warmup, cooldown=args.cooldown, target=args.target,
+            arch, cfg, state, x, y, steps, batch_size=args.batch_size, lr=args.lr,
+            warmup=args.warmup, cooldown=cooldown, target=args.target,
             weighting=args.weighting, p_uncond=args.p_uncond, workers=args.workers,
             paired=args.paired, checkpoint_path=ckpt, checkpoint_every=args.checkpoint_every,
-            desc=f"{args.model} on MNIST", run=run)
+            desc=f"{args.model} on MNIST", run=run, seconds=seconds, spent=spent)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {ckpt} holds the last checkpoint (every {args.checkpoint_every} "
               "steps); the same command resumes from it", file=sys.stderr)
         return 130
     seconds = time.perf_counter() - t0
+    plan = train.plan_of(ckpt) or {}
     meta = {k: v for k, v in run.items() if k not in ("model", "target")}
+    if plan.get("cooldown") is not None:
+        meta["cooldown"] = plan["cooldown"]  # a percentage, resolved to steps
     images.save_model(out, state.ema, cfg, kind=args.model, target=args.target, steps=state.step,
+                      planned_steps=plan.get("steps", steps), minutes=args.minutes,
                       workers=args.workers, train_seconds_this_run=round(seconds, 1),
+                      train_seconds=plan.get("seconds"),
                       images_seen=state.step * args.batch_size,
                       final_loss=float(losses[-100:].mean()) if len(losses) else None,
                       **meta, **_provenance())
-    print(f"saved the EMA weights to {out} after {state.step} steps "
+    stopped = ("" if plan.get("steps") is None or state.step >= plan["steps"]
+               else f" of {plan['steps']} planned: the budget ran out first")
+    print(f"saved the EMA weights to {out} after {state.step} steps{stopped} "
           f"({seconds / 60:.1f} min in this run)")
     return 0
+
+
+def _budget(args, ckpt):
+    """``(steps, cooldown, spent, seconds)`` for ``train.train`` from ``--steps``, ``--cooldown``
+    and ``--minutes``; a resumed run (``ckpt``) keeps the length and cool-down it planned and
+    spends only what is left of the budget."""
+    from . import train
+
+    plan = (train.plan_of(ckpt) if ckpt else None) or {}
+    spent = plan.get("seconds") or 0.0
+    steps, cooldown = args.steps, args.cooldown
+    if steps is None and plan.get("steps") is not None:
+        steps, cooldown = plan["steps"], plan["cooldown"]
+    elif steps is None and args.minutes is None:
+        steps = 1600
+    seconds = None
+    if args.minutes is not None:
+        seconds = 60.0 * args.minutes - spent
+        if seconds <= 0:
+            raise UsageError(f"{ckpt} has already trained {spent / 60:.1f} min, the whole "
+                             f"--minutes {args.minutes:g}: raise --minutes, or give --steps "
+                             "without it to train further")
+    return steps, cooldown, spent, seconds
 
 
 def _train_classifier(args, out):
@@ -271,8 +322,9 @@ def cmd_sample(args):
                           guidance_interval=interval, sched=sched, progress=bar.update)
     datasets.save_samples(out, datasets.to_uint8(x[:, 0]), labels)
     where = "" if interval is None else f" at steps {interval[0]} <= i < {interval[1]}"
+    seconds = time.perf_counter() - t0
     print(f"{len(labels)} samples ({args.steps} DDIM steps, guidance {args.guidance}{where}) in "
-          f"{time.perf_counter() - t0:.0f} s -> {out}")
+          f"{seconds:.0f} s, {len(labels) / seconds:.2f} images/s -> {out}")
     return 0
 
 
@@ -355,12 +407,18 @@ def parser():
                          "ldm: chapter 8's autoencoder, text encoder and latent model; mmdit, "
                          "flux, flow-dit: chapter 10's rectified-flow transformers on the "
                          "latents)")
-    tr.add_argument("--steps", type=positive_int, default=1600, help="total optimiser steps")
+    tr.add_argument("--steps", type=positive_int, default=None,
+                    help="total optimiser steps (default 1600; with --minutes, as many as fit)")
+    tr.add_argument("--minutes", type=positive, default=None,
+                    help="unet, dit: a time budget; training stops after the step that reaches "
+                         "it, checkpointed. Without --steps the run's length is planned from the "
+                         "speed of its first 10 steps, so a --cooldown ends with the budget")
     tr.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
     tr.add_argument("--lr", type=positive, default=1e-3, help="peak Adam learning rate")
     tr.add_argument("--warmup", type=count, default=200, help="steps of linear LR warm-up")
-    tr.add_argument("--cooldown", type=count, default=0,
-                    help="steps at the end over which the LR falls linearly to zero")
+    tr.add_argument("--cooldown", type=steps_or_percent, default=0,
+                    help="steps at the end over which the LR falls linearly to zero, or a "
+                         "share of the run (20%%)")
     tr.add_argument("--workers", type=positive_int, default=1,
                     help="processes sharing each batch, one BLAS thread each (2 on a 2-core "
                          "machine is 1.4-2x faster; the same result up to float32 rounding)")

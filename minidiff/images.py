@@ -138,7 +138,7 @@ def _converted_to_eps(apply, target, sched, params, x, i, y, config):
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
                 warmup=200, cooldown=0, target="eps", weighting=None, p_uncond=0.1,
                 paired=False, workers=1, checkpoint_path=None, checkpoint_every=100,
-                progress=True, desc="train", sched=None, run=None):
+                progress=True, desc="train", sched=None, run=None, seconds=None, spent=0.0):
     """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
     ``denoising_loss`` on ``sched`` (the linear schedule by default; ``target`` eps:
     ``L_simple``, or v; ``weighting="min_snr"``: Min-SNR-5), label dropout with probability
@@ -146,14 +146,16 @@ def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr
     with ``warmup`` steps to ``lr`` (and, with ``cooldown``, a linear fall to zero over the last
     ``cooldown`` steps), gradient norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1``
     splits each batch over that many processes (``nn.parallel.DataParallel``). ``run`` is
-    recorded in the checkpoints (``train.save_state``). Returns ``(state, losses)``."""
+    recorded in the checkpoints (``train.save_state``). ``seconds`` is a time budget and
+    ``steps=None`` plans the run's length from it (``train.train``). Returns
+    ``(state, losses)``."""
     sched = sched or ddpm.schedule("linear")
     batch_fn = mnist_batches(sched, images, labels, batch_size, p_uncond=p_uncond,
                              paired=paired)
     loss = denoising_loss(arch.apply, config, target, weighting, sched=sched)
     kwargs = dict(lr=lr, warmup=warmup, cooldown=cooldown, clip=1.0, ema=0.999,
                   checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                  progress=progress, desc=desc, run=run)
+                  progress=progress, desc=desc, run=run, seconds=seconds, spent=spent)
     if workers == 1:
         return train.fit(loss, state, batch_fn, steps, **kwargs)
     from .nn.parallel import DataParallel

@@ -11,11 +11,16 @@
   its state beside parameters, Adam moments, EMA and step, so an interrupted run resumes to
   exactly the numbers an uninterrupted one would have produced.
 - Per step: gradient, optional clipping by global norm, learning-rate warm-up, Adam, EMA.
+- A time budget (``seconds``) stops a run after a whole step, checkpointed; with ``steps=None``
+  the run's length is *planned* from the speed of its first steps, so the learning-rate
+  cool-down ends when the budget does. The plan is saved with the checkpoint (``plan_of``), so a
+  resumed run keeps the same schedule and stays bit-identical to one that was never stopped.
 """
 
 import dataclasses
 import math
 import os
+import time
 
 import autograd
 import numpy as onp
@@ -54,18 +59,26 @@ def init_state(params, seed):
     return TrainState(params, adam_init(params), tree_map(onp.copy, params), 0, rng)
 
 
-def save_state(path, state, run=None):
+def save_state(path, state, run=None, plan=None):
     """Write a resumable checkpoint of ``state`` (atomic, no pickle; see ``nn.checkpoint``).
     ``run`` (JSON-able) records the arguments that define the run (``run_of`` reads them back),
-    so that a later run can refuse to resume a checkpoint made with other arguments."""
+    so that a later run can refuse to resume a checkpoint made with other arguments; ``plan``
+    records its length and the seconds spent so far (``plan_of``)."""
     tree = {"params": state.params, "opt": state.opt, "ema": state.ema}
     rng_state = state.rng.bit_generator.state  # a dict of Python ints: JSON holds them exactly
-    checkpoint.save(path, tree, step=int(state.step), rng=rng_state, run=run)
+    checkpoint.save(path, tree, step=int(state.step), rng=rng_state, run=run, plan=plan)
 
 
 def run_of(path):
     """The ``run`` arguments a checkpoint was saved with (None if it recorded none)."""
     return checkpoint.load(path)[1].get("run")
+
+
+def plan_of(path):
+    """``{"steps", "cooldown", "seconds"}`` of a checkpoint written by ``train``: the run's
+    length and cool-down in steps (``steps`` None while not yet planned) and the seconds of
+    training it holds. ``None`` for a checkpoint that recorded none."""
+    return checkpoint.load(path)[1].get("plan")
 
 
 def resume_or_init(path, run, init):
@@ -102,33 +115,73 @@ def load_state(path):
                       onp.random.Generator(bit_generator))
 
 
+def _check_budget(steps, seconds, cooldown, spent):
+    if steps is None and seconds is None:
+        raise ValueError("give `steps`, a time budget `seconds`, or both (got neither)")
+    if steps is not None and not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"`steps` must be a non-negative integer (got {steps!r})")
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"`seconds` must be a positive time budget (got {seconds!r})")
+    if not ((isinstance(cooldown, int) and cooldown >= 0)
+            or (isinstance(cooldown, float) and 0 <= cooldown < 1)):
+        raise ValueError("`cooldown` must be a non-negative number of steps or a fraction in "
+                         f"[0, 1) of the run (got {cooldown!r})")
+    if not spent >= 0:
+        raise ValueError(f"`spent` must be the non-negative seconds already trained (got "
+                         f"{spent!r})")
+
+
+def _planned(step, seconds_left, per_step, cooldown):
+    """The run's length when ``seconds_left`` remain at ``step``, each step taking ``per_step``
+    seconds: as many steps as fit, but never so few that a step already taken at the full
+    rate falls inside the cool-down (its rate would then have been wrong)."""
+    horizon = step + max(0, int(seconds_left / per_step))
+    if isinstance(cooldown, float):  # a fraction of the run: step <= (1 - f) horizon
+        horizon = max(horizon, math.ceil(step / (1.0 - cooldown)))
+        return horizon, round(cooldown * horizon)
+    return max(horizon, step + cooldown), cooldown
+
+
 def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=None, ema=0.999,
           ema_warmup=True, checkpoint_path=None, checkpoint_every=None, value_and_grad=None,
-          run=None):
+          run=None, seconds=None, spent=0.0, plan_after=10, clock=time.perf_counter):
     """Run from ``state.step`` up to ``steps`` total steps, yielding one record per step.
 
     ``lr`` is the peak Adam rate, reached linearly over ``warmup`` steps and (``cooldown > 0``)
-    brought down linearly to zero over the last ``cooldown`` steps (``nn.lr_schedule``); ``clip``
-    is a maximum global gradient norm (``None``: no clipping); ``ema`` is the EMA decay (warmed
-    up as in ``nn.ema_decay`` unless ``ema_warmup=False``). With ``checkpoint_path``, a
-    resumable checkpoint is written every ``checkpoint_every`` steps and at the end, recording
-    ``run`` (``save_state``).
+    brought down linearly to zero over the last ``cooldown`` steps (``nn.lr_schedule``; a float
+    in ``[0, 1)`` is that fraction of ``steps``); ``clip`` is a maximum global gradient norm
+    (``None``: no clipping); ``ema`` is the EMA decay (warmed up as in ``nn.ema_decay`` unless
+    ``ema_warmup=False``). With ``checkpoint_path``, a resumable checkpoint is written every
+    ``checkpoint_every`` steps and at the end, recording ``run`` and the plan (``save_state``).
     ``value_and_grad(params, batch)`` replaces ``autograd.value_and_grad(loss)`` (e.g.
     ``parallel.DataParallel``; ``loss`` is then not called).
+
+    **Time budget.** With ``seconds``, the run stops after the first whole step that ends
+    ``seconds`` after the call (on ``clock``), and checkpoints there. ``steps=None`` plans the
+    length: after ``plan_after`` steps of this call, ``steps`` becomes the current step plus as
+    many more as the measured speed fits into the budget (steps 2 to ``plan_after``, so the first
+    step's start-up is not counted), and a fractional ``cooldown`` is resolved against it; until
+    then the rate is the warm-up's and the constant, which no plan changes. ``spent`` is the
+    training time an earlier part of the run used (``plan_of(path)["seconds"]``): it is only
+    recorded, so pass the remaining budget as ``seconds``. Each record carries ``"steps"`` (the
+    plan, ``None`` before it is made) and ``"seconds"`` (``spent`` plus this call's time).
     """
-    if not (isinstance(steps, int) and steps >= 0):
-        raise ValueError(f"`steps` must be a non-negative integer (got {steps!r})")
-    if not (isinstance(cooldown, int) and 0 <= cooldown):
-        raise ValueError(f"`cooldown` must be a non-negative integer (got {cooldown!r})")
+    _check_budget(steps, seconds, cooldown, spent)
     if not lr > 0:
         raise ValueError(f"`lr` must be positive (got {lr!r})")
     if checkpoint_every is not None and not (isinstance(checkpoint_every, int)
                                              and checkpoint_every > 0):
         raise ValueError("`checkpoint_every` must be a positive integer "
                          f"(got {checkpoint_every!r})")
+    if not (isinstance(plan_after, int) and plan_after >= 2):
+        raise ValueError(f"`plan_after` must be an integer of at least 2 (got {plan_after!r})")
     if value_and_grad is None:
         value_and_grad = autograd.value_and_grad(loss)
-    while state.step < steps:
+    if steps is not None and isinstance(cooldown, float):
+        cooldown = round(cooldown * steps)
+    start = clock()
+    first_done, taken = None, 0
+    while steps is None or state.step < steps:
         batch = batch_fn(state.rng)
         value, grads = value_and_grad(state.params, batch)
         value = float(value)
@@ -136,26 +189,42 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=N
             raise FloatingPointError(f"the loss is {value} at step {state.step}: lower `lr` "
                                      "or set `clip`")
         grads, grad_norm = clip_by_global_norm(grads, clip)
-        lr_now = lr_schedule(state.step, lr, warmup, steps, cooldown)
+        # before the plan, no step can be in the cool-down (``_planned`` sees to it)
+        lr_now = lr_schedule(state.step, lr, warmup, math.inf if steps is None else steps,
+                             0 if steps is None else cooldown)
         params, opt = adam_update(grads, state.opt, state.params, lr_now)
         ema_now = ema_update(state.ema, params, ema_decay(state.step, ema, ema_warmup))
         state = TrainState(params, opt, ema_now, state.step + 1, state.rng)
+        now, taken = clock(), taken + 1
+        first_done = now if taken == 1 else first_done
+        if steps is None and taken == plan_after:
+            per_step = (now - first_done) / (plan_after - 1)
+            steps, cooldown = _planned(state.step, seconds - (now - start), per_step, cooldown)
+        out_of_time = seconds is not None and now - start >= seconds
+        done = steps is not None and state.step >= steps
         if checkpoint_path is not None and (
-            state.step == steps or (checkpoint_every and state.step % checkpoint_every == 0)
+            done or out_of_time or (checkpoint_every and state.step % checkpoint_every == 0)
         ):
-            save_state(checkpoint_path, state, run)
+            plan = {"steps": steps, "cooldown": cooldown if steps is not None else None,
+                    "seconds": round(spent + now - start, 3)}
+            save_state(checkpoint_path, state, run, plan)
         yield {"step": state.step, "loss": value, "grad_norm": grad_norm, "lr": lr_now,
-               "state": state}
+               "state": state, "steps": steps, "seconds": spent + now - start}
+        if out_of_time:
+            return
 
 
 def fit(loss, state, batch_fn, steps, *, progress=True, desc="train", **kwargs):
     """Run ``train`` to the end under a tqdm progress bar; returns ``(final_state, losses)``."""
     state_out, losses = state, []
     records = train(loss, state, batch_fn, steps, **kwargs)
-    total = max(steps - state.step, 0)
-    for record in tqdm(records, total=total, desc=desc, disable=not progress, mininterval=1.0):
-        state_out = record["state"]
-        losses.append(record["loss"])
+    total = None if steps is None else max(steps - state.step, 0)
+    with tqdm(records, total=total, desc=desc, disable=not progress, mininterval=1.0) as bar:
+        for record in bar:
+            state_out = record["state"]
+            losses.append(record["loss"])
+            if bar.total is None and record["steps"] is not None:  # the plan was just made
+                bar.total = record["steps"] - state.step
     return state_out, onp.asarray(losses)
 
 

@@ -40,6 +40,26 @@ def test_train_with_workers_cooldown_v_target_and_p_uncond_records_them(tmp_path
     assert meta["target"] == "v" and apply is not unet.apply  # wrapped into a noise predictor
 
 
+def test_train_for_minutes_plans_the_run_records_it_and_refuses_a_spent_budget(tmp_path,
+                                                                              capsys):
+    # A 1.2-second budget: the length is planned from the first 10 steps, the share of
+    # cool-down resolved against it; the run stops at the budget or the plan, whichever first.
+    out, ckpt = tmp_path / "u.npz", tmp_path / "u_train.npz"
+    argv = ["train", *TINY_UNET[:1], *TINY_UNET[3:], "--minutes", "0.02", "--cooldown", "20%",
+            "--warmup", "2", "--out", str(out), "--checkpoint", str(ckpt)]
+    assert main(argv) == 0
+    _, _, _, meta = images.load_model(out)
+    assert meta["minutes"] == 0.02 and isinstance(meta["planned_steps"], int)
+    assert 10 <= meta["steps"] <= meta["planned_steps"]
+    assert meta["cooldown"] == round(0.2 * meta["planned_steps"])
+    assert meta["images_seen"] == 2 * meta["steps"] and meta["train_seconds"] >= 1.2
+    # the same command again: the budget is spent, and it says so
+    assert main(argv + ["--overwrite"]) == 2
+    assert "has already trained" in _one_error_line(capsys)
+    assert main(["train", "classifier", "--minutes", "1", "--out", str(tmp_path / "c.npz")]) == 2
+    assert "--minutes is a budget for unet and dit" in _one_error_line(capsys)
+
+
 def test_train_paired_records_it_and_needs_half_dropped(tmp_path, capsys):
 
     out, ckpt = tmp_path / "dit.npz", tmp_path / "dit_train.npz"
@@ -70,6 +90,7 @@ def test_sample_with_workers_then_evaluate_from_the_command_line(tmp_path, capsy
     captured = capsys.readouterr()
     out = captured.out
     assert "evaluating" in captured.err  # the progress bar
+    assert "images/s -> " in out  # the sampling speed
     assert "20 samples: FD-MNIST" in out and "between classes" in out
     assert "mean moved onto the test digits' class mean: FD-MNIST" in out
     assert main(["sample", "--weights", str(weights), "--n", "10", "--steps", "2",

@@ -111,7 +111,7 @@ def test_lr_schedule_warms_up_holds_and_cools_down():
     rates = [nn.lr_schedule(s, 1.0, 2, 10, 4) for s in range(10)]
     assert rates == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
     assert [nn.lr_schedule(s, 1.0, 2, 10) for s in range(10)] == [0.5] + [1.0] * 9
-    with pytest.raises(ValueError, match="`cooldown` must be a non-negative integer"):
+    with pytest.raises(ValueError, match="`cooldown` must be a non-negative number of steps"):
         next(train.train(lambda p, b: 0.0, train.init_state({"w": np.zeros(1)}, 0),
                          lambda r: {}, 3, cooldown=-1))
 

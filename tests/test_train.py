@@ -73,3 +73,61 @@ def test_bad_arguments_and_nan_loss_are_reported(tmp_path):
     nn.checkpoint.save(tmp_path / "weights.npz", params)
     with pytest.raises(ValueError, match="is not a training state"):
         train.load_state(tmp_path / "weights.npz")
+
+
+class _Clock:
+    """A fake clock: each reading is one tick later, so a time budget is counted in readings
+    (``train`` reads the clock once at the start and once after each step)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_time_budget_plans_the_run_and_resumes_bit_identical(tmp_path):
+    _, params, _ = _setup()
+    # One tick per step after the start reading. After plan_after = 5 steps (tick 6), steps 2-5
+    # took 4 ticks and 40 - 5 = 35 remain, so the plan is 5 + 35 = 40 steps; the budget runs out
+    # after step 40 (tick 41, 40 seconds after the start), exactly at the plan's end.
+    ckpt = tmp_path / "budget.npz"
+    planned = _run(None, train.init_state(params, seed=2), seconds=40.0, plan_after=5,
+                   clock=_Clock(), cooldown=0.25, checkpoint_path=ckpt)
+    assert [r["steps"] for r in planned[:4]] == [None] * 4
+    assert planned[4]["steps"] == len(planned) == 40
+    assert train.plan_of(ckpt) == {"steps": 40, "cooldown": 10, "seconds": 40.0}
+    # The same run with its length given: identical numbers, the cool-down included.
+    fixed = _run(40, train.init_state(params, seed=2), cooldown=10)
+    assert [r["lr"] for r in planned] == [r["lr"] for r in fixed]
+    assert [r["lr"] for r in fixed][-10:] == pytest.approx([1e-2 * k / 10 for k in range(10, 0,
+                                                                                          -1)])
+    assert _same(planned[-1]["state"].params, fixed[-1]["state"].params)
+    # A budget that runs out first stops after a whole step and checkpoints; resuming with the
+    # saved plan ends bit-identical to the uninterrupted run.
+    cut = tmp_path / "cut.npz"
+    first = _run(40, train.init_state(params, seed=2), cooldown=10, seconds=12.0,
+                 clock=_Clock(), checkpoint_path=cut)
+    assert len(first) == 12 and train.load_state(cut).step == 12
+    assert train.plan_of(cut) == {"steps": 40, "cooldown": 10, "seconds": 12.0}
+    rest = _run(40, train.load_state(cut), cooldown=10, spent=12.0)
+    assert _same(rest[-1]["state"].params, fixed[-1]["state"].params)
+    assert _same(rest[-1]["state"].ema, fixed[-1]["state"].ema)
+
+
+def test_a_small_budget_never_plans_a_cooldown_into_the_past():
+    # 10 steps measured, 1 tick left: the plan cannot end before the steps already taken at the
+    # full rate have left the cool-down behind (10 <= (1 - 0.5) * 20).
+    assert train._planned(10, 1.0, 1.0, 0.5) == (20, 10)
+    assert train._planned(10, 1.0, 1.0, 4) == (14, 4)
+    assert train._planned(10, 100.0, 2.0, 0.2) == (60, 12)
+    _, params, _ = _setup()
+    loss, _, batch_fn = _setup()
+    state = train.init_state(params, 0)
+    with pytest.raises(ValueError, match="give `steps`, a time budget `seconds`, or both"):
+        next(train.train(loss, state, batch_fn, None))
+    with pytest.raises(ValueError, match="`seconds` must be a positive time budget"):
+        next(train.train(loss, state, batch_fn, None, seconds=0))
+    with pytest.raises(ValueError, match="`cooldown` must be .* a fraction in"):
+        next(train.train(loss, state, batch_fn, 5, cooldown=1.5))
