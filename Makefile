@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.py)
 
-.PHONY: demo test test-slow notebooks lab lint bench mutations student grade course-check clean
+.PHONY: demo test test-slow notebooks lab lint bench bench-quality mutations student grade course-check clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "minidiff needs Python 3.11+"'
@@ -45,6 +45,12 @@ lab: $(STAMP)
 ## bench: time a U-Net training step (ratios within one run; PyTorch if installed in .venv)
 bench: $(STAMP)
 	$(BIN)/python -m minidiff.tools.bench
+
+## bench-quality: train MODEL (unet or dit) for 15 minutes, sample the full protocol, score it on
+## the validation and the test digits (about half an hour on 2 cores); out/quality/report.json
+MODEL ?= unet
+bench-quality: $(STAMP)
+	$(BIN)/python -m minidiff.tools.bench quality --model $(MODEL) --minutes 15 --out out/quality/$(MODEL)
 
 ## mutations: one-line changes to the maths that the unit tests must catch; prints survivors
 mutations: $(STAMP)

@@ -13,6 +13,7 @@ Every coefficient is read from the schedule's Gaussian path (``Schedule.path``, 
 
 import functools
 import importlib
+import os
 from pathlib import Path
 
 import numpy as onp
@@ -138,14 +139,17 @@ def _converted_to_eps(apply, target, sched, params, x, i, y, config):
 def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr=1e-3,
                 warmup=200, cooldown=0, target="eps", weighting=None, p_uncond=0.1,
                 paired=False, workers=1, checkpoint_path=None, checkpoint_every=100,
-                progress=True, desc="train", sched=None, run=None, seconds=None, spent=0.0):
+                progress=True, desc="train", sched=None, run=None, seconds=None, spent=0.0,
+                threads=None):
     """The image recipe of chapters 6 and 9 for a model module ``arch`` (``unet`` or ``dit``):
     ``denoising_loss`` on ``sched`` (the linear schedule by default; ``target`` eps:
     ``L_simple``, or v; ``weighting="min_snr"``: Min-SNR-5), label dropout with probability
     ``p_uncond`` (``paired``: every image with and without its label, ``mnist_batches``), Adam
     with ``warmup`` steps to ``lr`` (and, with ``cooldown``, a linear fall to zero over the last
     ``cooldown`` steps), gradient norm clipped at 1, EMA 0.999 (warmed up). ``workers > 1``
-    splits each batch over that many processes (``nn.parallel.DataParallel``). ``run`` is
+    splits each batch over that many processes (``nn.parallel.DataParallel``); in one process
+    the batch is split over ``threads`` threads (``nn.threads.ThreadParallel``; default: one per
+    core this process may use, ``default_threads``). ``run`` is
     recorded in the checkpoints (``train.save_state``). ``seconds`` is a time budget and
     ``steps=None`` plans the run's length from it (``train.train``). Returns
     ``(state, losses)``."""
@@ -157,12 +161,24 @@ def train_mnist(arch, config, state, images, labels, steps, *, batch_size=32, lr
                   checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                   progress=progress, desc=desc, run=run, seconds=seconds, spent=spent)
     if workers == 1:
-        return train.fit(loss, state, batch_fn, steps, **kwargs)
+        from .nn.threads import ThreadParallel
+
+        with ThreadParallel(loss, threads or default_threads()) as value_and_grad:
+            return train.fit(loss, state, batch_fn, steps, value_and_grad=value_and_grad,
+                             **kwargs)
     from .nn.parallel import DataParallel
 
     factory = functools.partial(image_loss, arch.__name__, config, target, weighting, sched)
     with DataParallel(factory, state.params, workers) as value_and_grad:
         return train.fit(loss, state, batch_fn, steps, value_and_grad=value_and_grad, **kwargs)
+
+
+def default_threads():
+    """The cores this process may run on (``os.sched_getaffinity`` where the system has it):
+    how many threads share a training batch or a sampling run in one process."""
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(
+        os.cpu_count() or 1)
+    return max(1, len(cores))
 
 
 def image_loss(arch_name, config, target="eps", weighting=None, sched=None):

@@ -155,3 +155,36 @@ def test_closing_frees_the_shared_memory(rng):
     for name in names:
         with pytest.raises(FileNotFoundError):
             shared_memory.SharedMemory(name=name)
+
+
+def test_thread_parallel_gradient_equals_the_whole_batch_gradient(rng):
+    # The same identity in threads of this process: float64, a batch of 7 over 3 threads
+    # (shards 3, 2, 2); two calls at once would race on autograd's trace counter if it were
+    # shared, so afterwards this thread's counter must be back where autograd starts it (-1).
+    import autograd.tracer
+
+    from minidiff.nn.threads import ThreadParallel, map_in_threads
+
+    params = nn.tree_map(lambda p: p + 0.05 * rng.standard_normal(p.shape),
+                         unet.init(rng, TINY, dtype=np.float64))
+    batch = _batch(rng, 7, np.float64)
+    loss = images.denoising_loss(unet.apply, TINY)
+    value, grads = autograd.value_and_grad(loss)(params, batch)
+    with ThreadParallel(loss, threads=3) as vg:
+        runs = [vg(params, batch) for _ in range(3)]
+        tiny = vg(params, {k: v[:2] for k, v in batch.items()})  # 2 items: 2 threads
+    for value2, grads2 in runs:
+        assert value2 == pytest.approx(value, rel=1e-12)
+        for g, g2 in zip(nn.tree_leaves(grads), nn.tree_leaves(grads2), strict=True):
+            assert g2.dtype == np.float64 and g2.shape == g.shape
+            np.testing.assert_allclose(g2, g, rtol=1e-9, atol=1e-12)
+    assert all(np.array_equal(a, b) for a, b in zip(nn.tree_leaves(runs[0][1]),
+                                                      nn.tree_leaves(runs[2][1]), strict=True))
+    assert tiny[0] == pytest.approx(loss(params, {k: v[:2] for k, v in batch.items()}),
+                                    rel=1e-12)
+    assert autograd.tracer.trace_stack.top == -1
+    assert map_in_threads(lambda a, b: a - b, [(5, 1), (7, 2), (9, 3)]) == [4, 5, 6]
+    with pytest.raises(RuntimeError, match="closed"):
+        vg(params, batch)
+    with pytest.raises(ValueError, match="`threads` must be a positive integer"):
+        ThreadParallel(loss, threads=0)

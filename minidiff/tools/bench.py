@@ -6,15 +6,21 @@ Times one training step (forward, backward, Adam) of the default U-Net (chapter 
 DiT (chapter 9) in float32 at each batch size, reports samples per second and the peak resident
 memory, and — where PyTorch is installed (``pip install torch==2.13.0`` into .venv; never a
 dependency of minidiff) — times the identical architecture in PyTorch in the same run and prints
-the ratio; the numpy step runs both in one process (BLAS on two threads, everything else on
-one) and split over two worker processes with one BLAS thread each (``nn.parallel.DataParallel``,
-``--workers``). Each framework runs in its own subprocess (so peaks do not mix), and they take
-turns, one step each, ``--repeats`` times after two warm-up steps: on a shared machine whose speed
-drifts by tens of percent from one minute to the next, steps timed side by side see the same
-machine, where two back-to-back runs may not. The ratio is that of the median step times; the
+the ratio; the numpy step runs both in one process (the batch split over one thread per core,
+BLAS on one thread each: ``nn.threads.ThreadParallel``, what a notebook runs) and split over two
+worker processes with one BLAS thread each (``nn.parallel.DataParallel``, ``--workers``). Each
+framework runs in its own subprocess (so peaks do not mix), and they take turns, one step each,
+``--repeats`` times after two warm-up steps: on a shared machine whose speed drifts by tens of
+percent from one minute to the next, steps timed side by side see the same machine, where two
+back-to-back runs may not. The ratio is that of the median step times; the
 range of the paired ratios (one step each, side by side) shows how much the machine moved.
 Targets on a 2-core machine: U-Net ratio <= 2.0 and peak memory <= 1.0 GB at batch 64 (chapter 6);
-DiT ratio <= 1.6 (chapter 9).
+DiT ratio <= 1.6 (chapter 9); and later U-Net <= 1.5 in one process and <= 1.2 with two workers,
+DiT <= 1.3 and <= 1.0, peak memory not above PyTorch's.
+
+    python -m minidiff.tools.bench quality --model unet --minutes 15
+
+is the other benchmark: what a training budget buys (``tools/bench_quality.py``).
 """
 
 import argparse
@@ -32,7 +38,6 @@ def _numpy_stepper(model, batch, workers=1):
     ``nn.parallel.DataParallel``, each worker one BLAS thread)."""
     import functools
 
-    import autograd
     import numpy as np
 
     from minidiff import images, nn
@@ -49,9 +54,15 @@ def _numpy_stepper(model, batch, workers=1):
     data = {"xt": x, "eps": rng.standard_normal(x.shape).astype(np.float32),
             "i": rng.integers(0, 1000, batch), "y": rng.integers(0, 11, batch)}
     state = {"params": params, "opt": opt}
-    if workers == 1:
-        value_and_grad = autograd.value_and_grad(images.denoising_loss(arch.apply, cfg))
-        finish = lambda: 0.0  # noqa: E731
+    if workers == 1:  # one process, the batch split over its cores' threads (what a notebook runs)
+        from minidiff.nn.threads import ThreadParallel
+
+        value_and_grad = ThreadParallel(images.denoising_loss(arch.apply, cfg),
+                                        images.default_threads())
+
+        def finish():
+            value_and_grad.close()
+            return 0.0
     else:
         from minidiff.nn.parallel import DataParallel
 
@@ -212,6 +223,11 @@ def _compare(model, batch, repeats, have_torch, workers=(1, 2)):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["quality"]:
+        from minidiff.tools import bench_quality
+
+        return bench_quality.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", nargs="+", choices=["unet", "dit"], default=["unet", "dit"])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 128])
