@@ -115,6 +115,27 @@ def load_state(path):
                       onp.random.Generator(bit_generator))
 
 
+def budget(path, steps=None, cooldown=0, minutes=None, default_steps=1600):
+    """``(steps, cooldown, spent, seconds)`` for ``train`` from a command line's ``--steps``,
+    ``--cooldown`` and ``--minutes``. A run resumed from the checkpoint ``path`` keeps the length
+    and cool-down it planned (unless ``steps`` is given) and spends only what is left of the
+    budget; with neither ``steps`` nor a budget the run is ``default_steps`` long."""
+    plan = (plan_of(path) if path else None) or {}
+    spent = plan.get("seconds") or 0.0
+    if steps is None and plan.get("steps") is not None:
+        steps, cooldown = plan["steps"], plan["cooldown"]
+    elif steps is None and minutes is None:
+        steps = default_steps
+    seconds = None
+    if minutes is not None:
+        seconds = 60.0 * minutes - spent
+        if seconds <= 0:
+            raise ValueError(f"{path} has already trained {spent / 60:.1f} min, the whole "
+                             f"--minutes {minutes:g}: raise --minutes, or give --steps without "
+                             "it to train further")
+    return steps, cooldown, spent, seconds
+
+
 def _check_budget(steps, seconds, cooldown, spent):
     if steps is None and seconds is None:
         raise ValueError("give `steps`, a time budget `seconds`, or both (got neither)")

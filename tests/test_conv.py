@@ -1,5 +1,7 @@
 """The image primitives: forward against independent computations, VJPs by check_grads."""
 
+import contextlib
+
 import autograd
 import numpy as np
 import pytest
@@ -31,16 +33,25 @@ def test_conv2d_equals_scipy_correlate(stride, padding, k, rng):
     np.testing.assert_allclose(conv.conv2d_reference(x, w, b, stride, padding), ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("conv2d", [
-    pytest.param(conv.conv2d, id="fast"),
-    pytest.param(conv.conv2d_reference, id="reference",
+def _gemm_mode(in_place):
+    """The fast path's two ways of adding up the taps' GEMMs: NumPy's ``matmul`` and an addition,
+    or BLAS accumulating in place (``conv_fast.gemm_in_place``, on while BLAS runs on one
+    thread)."""
+    return conv_fast.gemm_in_place() if in_place else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("conv2d, in_place", [
+    pytest.param(conv.conv2d, False, id="fast"),
+    pytest.param(conv.conv2d, True, id="fast-gemm_in_place"),
+    pytest.param(conv.conv2d_reference, False, id="reference",
                  marks=pytest.mark.exercise("6.1", "6.2", "6.3"))])
 @pytest.mark.parametrize("stride,padding,k", CASES)
-def test_conv2d_gradients(conv2d, stride, padding, k, rng):
+def test_conv2d_gradients(conv2d, in_place, stride, padding, k, rng):
     # every differentiable argument (argnum=(0, 1, 2)): input, weight and bias
     x, w, b = rng.normal(size=(2, 3, 7, 6)), rng.normal(size=(4, 3, k, k)), rng.normal(size=4)
-    check_grads(lambda x, w, b: conv2d(x, w, b, stride, padding), argnum=(0, 1, 2),
-                modes=["rev"], order=1)(x, w, b)
+    with _gemm_mode(in_place):
+        check_grads(lambda x, w, b: conv2d(x, w, b, stride, padding), argnum=(0, 1, 2),
+                    modes=["rev"], order=1)(x, w, b)
 
 
 @settings(max_examples=40, deadline=None)
@@ -48,19 +59,23 @@ def test_conv2d_gradients(conv2d, stride, padding, k, rng):
        w=st.integers(1, 9), k=st.integers(1, 5), stride=st.integers(1, 3),
        padding=st.integers(0, 3), seed=st.integers(0, 2**31))
 @pytest.mark.exercise("6.1", "6.2", "6.3")
-def test_the_fast_convolution_agrees_with_the_reference(n, c, o, h, w, k, stride, padding, seed):
+@pytest.mark.parametrize("in_place", [False, True], ids=["matmul", "gemm_in_place"])
+def test_the_fast_convolution_agrees_with_the_reference(in_place, n, c, o, h, w, k, stride,
+                                                        padding, seed):
     # nn/conv_fast.py is the im2col + GEMM of conv2d_reference laid out for speed: on random
-    # shapes, strides and paddings (float64) the values and all three gradients must agree.
+    # shapes, strides and paddings (float64) the values and all three gradients must agree,
+    # whichever way the taps' GEMMs are added up.
     assume(h + 2 * padding >= k and w + 2 * padding >= k)
     rng = np.random.default_rng(seed)
     x, wt, b = rng.normal(size=(n, c, h, w)), rng.normal(size=(o, c, k, k)), rng.normal(size=o)
-    fast, ref = conv.conv2d(x, wt, b, stride, padding), conv.conv2d_reference(x, wt, b, stride,
-                                                                               padding)
-    np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-12)
-    g = rng.normal(size=ref.shape)
-    grads = [autograd.grad(lambda x, wt, b, f=f: np.sum(f(x, wt, b, stride, padding) * g),
-                           argnum=(0, 1, 2))(x, wt, b)
-             for f in (conv.conv2d, conv.conv2d_reference)]
+    with _gemm_mode(in_place):
+        fast = conv.conv2d(x, wt, b, stride, padding)
+        ref = conv.conv2d_reference(x, wt, b, stride, padding)
+        np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-12)
+        g = rng.normal(size=ref.shape)
+        grads = [autograd.grad(lambda x, wt, b, f=f: np.sum(f(x, wt, b, stride, padding) * g),
+                               argnum=(0, 1, 2))(x, wt, b)
+                 for f in (conv.conv2d, conv.conv2d_reference)]
     for a, r in zip(*grads, strict=True):
         np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
 
@@ -146,6 +161,11 @@ def test_blocked_and_chunked_paths_agree_with_the_whole_computation(rng, monkeyp
     monkeypatch.setattr(conv_fast, "_ROW_BLOCK", 7)
     monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)
     np.testing.assert_allclose(conv.conv2d(x, w, b, 1, 1), whole[0], rtol=1e-12, atol=1e-12)
+    with conv_fast.gemm_in_place():
+        np.testing.assert_allclose(conv.conv2d(x, w, b, 1, 1), whole[0], rtol=1e-12,
+                                   atol=1e-12)
+        check_grads(lambda x, w, b: conv.conv2d(x, w, b, 1, 1), argnum=(0, 1, 2),
+                    modes=["rev"], order=1)(x, w, b)
     np.testing.assert_allclose(conv.group_norm_act(x, a, s, 2, 1e-5, True), whole[1],
                                rtol=1e-12, atol=1e-12)
     check_grads(lambda x, w, b: conv.conv2d(x, w, b, 1, 1), argnum=(0, 1, 2), modes=["rev"],

@@ -31,6 +31,7 @@ below, same run):
   even if something upstream produced float64.
 """
 
+import contextlib
 import math
 import typing
 
@@ -127,6 +128,52 @@ def _shifted_rows(x, lay):
 
 
 _ROW_BLOCK = 8192
+_GEMM_IN_PLACE = [False]  # on in the one-thread worker processes of ``nn.parallel``
+
+
+def use_gemm_in_place(on=True):
+    """From now on (``on``) the tap GEMMs accumulate into the output inside BLAS (``C += A B``,
+    SciPy's ``gemm`` with ``beta = 1``) instead of NumPy's ``matmul`` into a buffer and an
+    addition: one pass over each block fewer per tap (a 3x3 convolution 20-33% faster on one
+    thread). Only for a process whose BLAS libraries all run on one thread, which is what
+    ``nn.parallel``'s workers are: SciPy's wheel ships its own OpenBLAS, and two multi-threaded
+    OpenBLAS pools spinning side by side on two cores made a step twice as slow. Not for
+    ``nn.threads`` either: SciPy's BLAS wrappers hold Python's global lock while they run, so
+    two threads calling them take turns. Returns the previous setting."""
+    saved, _GEMM_IN_PLACE[0] = _GEMM_IN_PLACE[0], bool(on)
+    return saved
+
+
+@contextlib.contextmanager
+def gemm_in_place():
+    """``use_gemm_in_place`` for the duration of a block."""
+    saved = use_gemm_in_place(True)
+    try:
+        yield
+    finally:
+        use_gemm_in_place(saved)
+
+
+def _accumulate_in_place(out, rows, taps, offsets, bias):
+    """``_accumulate_taps`` with SciPy's ``gemm``: the row-major blocks are handed over as their
+    column-major transposes (``blk.T = taps[k].T rows[...].T``), so nothing is copied and
+    ``overwrite_c`` writes straight into ``out``."""
+    from scipy.linalg import blas
+
+    gemm = blas.get_blas_funcs("gemm", dtype=out.dtype)
+    span = out.shape[0]
+    for s in range(0, span, _ROW_BLOCK):
+        e = min(s + _ROW_BLOCK, span)
+        blk = out[s:e]
+        beta = 0.0
+        if bias is not None:
+            blk[...] = bias
+            beta = 1.0
+        for off, tap in zip(offsets, taps, strict=True):
+            c = gemm(1.0, tap.T, rows[s + off:e + off].T, beta=beta, c=blk.T, overwrite_c=True)
+            beta = 1.0
+        if not onp.shares_memory(c, blk):  # f2py copied: never with these layouts, but be sure
+            blk[...] = c.T
 
 
 def _accumulate_taps(out, rows, taps, offsets, bias=None):
@@ -135,6 +182,8 @@ def _accumulate_taps(out, rows, taps, offsets, bias=None):
     Done block by block of ``_ROW_BLOCK`` output rows, all taps per block: the block of ``out``
     and the rows it reads stay in cache across the taps' GEMMs and additions, instead of
     streaming the whole output through memory once per tap."""
+    if _GEMM_IN_PLACE[0]:
+        return _accumulate_in_place(out, rows, taps, offsets, bias)
     span = out.shape[0]
     tmp = onp.empty((min(_ROW_BLOCK, span), out.shape[1]), dtype=out.dtype)
     for s in range(0, span, _ROW_BLOCK):

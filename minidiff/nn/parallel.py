@@ -37,6 +37,7 @@ from multiprocessing import shared_memory
 
 import numpy as onp
 
+from . import conv_fast
 from .tree import tree_leaves, tree_map, tree_structure
 
 # OpenBLAS, OpenMP and MKL read these once, when the library loads: a worker must start with
@@ -148,6 +149,11 @@ def _cause(err):
 
 # ----------------------------------------------------------------------------- map
 
+def _init_map_worker():
+    """A one-thread worker: the convolutions may accumulate their GEMMs inside BLAS."""
+    conv_fast.use_gemm_in_place(True)
+
+
 def map_in_processes(fn, items, workers=2, callback=None):
     """``[fn(*args) for args in items]``, computed by ``workers`` fresh processes with one BLAS
     thread each: for independent pieces of work (sampling batches) rather than one gradient.
@@ -157,7 +163,7 @@ def map_in_processes(fn, items, workers=2, callback=None):
         raise ValueError(f"`workers` must be a positive integer (got {workers!r})")
     items = [tuple(args) for args in items]
     results = []
-    pool = _pool(min(workers, len(items)) or 1)
+    pool = _pool(min(workers, len(items)) or 1, _init_map_worker)
     try:
         futures = [pool.submit(fn, *args) for args in items]
         for f in futures:
@@ -187,6 +193,7 @@ def _init_worker(loss_factory_pickle, params_name, grads_name, structure, shapes
     from .memory import keep_freed_memory
 
     keep_freed_memory()
+    conv_fast.use_gemm_in_place(True)  # this process's BLAS runs on one thread
     try:  # the worker shares the parent's resource tracker, which unlinks the blocks at the end
         p_shm = shared_memory.SharedMemory(name=params_name)
         g_shm = shared_memory.SharedMemory(name=grads_name)

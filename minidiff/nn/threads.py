@@ -45,6 +45,7 @@ _CONTROLLER = []  # threadpoolctl's view of the loaded BLAS libraries, made on f
 def one_blas_thread():
     """A context manager holding every loaded BLAS library at one thread for its duration."""
     if not _CONTROLLER:
+        import scipy.linalg.blas  # noqa: F401  (loaded first, so its OpenBLAS is limited too)
         from threadpoolctl import ThreadpoolController
 
         _CONTROLLER.append(ThreadpoolController())
