@@ -193,7 +193,7 @@ def image_loss(arch_name, config, target="eps", weighting=None, sched=None):
 
 def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_size=200,
            spacing="leading", progress=None, workers=1, guidance_interval=None, sched=None,
-           bad=None, classifier=None):
+           bad=None, classifier=None, threads=None):
     """Images for ``labels`` by deterministic DDIM over ``steps`` steps of ``sched`` (the linear
     schedule by default; ``model_schedule(meta)`` for a model file) with guidance ``w`` (at the
     steps in ``guidance_interval``, all by default: ``guidance.guided_eps``), predicted ``x0``
@@ -202,7 +202,9 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
 
     The starting noise is drawn for all ``labels`` at once, so the images do not depend on how
     they are batched: ``workers > 1`` splits them over that many one-thread processes
-    (``nn.parallel.map_in_processes``) and gives the same images up to float32 rounding.
+    (``nn.parallel.map_in_processes``), and in one process the batches run on ``threads``
+    threads (``nn.threads.map_in_threads``; default ``default_threads()``); either gives the
+    same images up to float32 rounding.
     ``progress(k)`` is called after each batch of ``k`` images. Batches hold at most
     ``batch_size`` images (``numpy.array_split`` sizes; with workers, a whole number of
     rounds).
@@ -226,8 +228,9 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
     z = rng.standard_normal((len(labels), config.in_channels, config.resolution,
                              config.resolution)).astype(onp.float32)
     chunks = max(1, -(-len(labels) // batch_size))
-    if workers > 1:
-        chunks = workers * -(-chunks // workers)  # whole rounds: every worker equally busy
+    threads = (threads or default_threads()) if workers == 1 else 1
+    if max(workers, threads) > 1:  # whole rounds: every worker equally busy
+        chunks = max(workers, threads) * -(-chunks // max(workers, threads))
     chunks = min(chunks, len(labels))
     pieces = list(zip(onp.array_split(labels, chunks), onp.array_split(z, chunks), strict=True))
     if bad is not None and classifier is not None:
@@ -237,11 +240,9 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
                             spacing, check_interval(guidance_interval), bad, classifier)
     report = None if progress is None else (lambda x: progress(len(x)))
     if workers == 1:
-        out = []
-        for y, noise in pieces:
-            out.append(run(y, noise))
-            if report is not None:
-                report(out[-1])
+        from .nn.threads import map_in_threads
+
+        out = map_in_threads(run, pieces, threads, callback=report)
     else:
         from .nn.parallel import map_in_processes
 

@@ -136,10 +136,12 @@ def use_gemm_in_place(on=True):
     SciPy's ``gemm`` with ``beta = 1``) instead of NumPy's ``matmul`` into a buffer and an
     addition: one pass over each block fewer per tap (a 3x3 convolution 20-33% faster on one
     thread). Only for a process whose BLAS libraries all run on one thread, which is what
-    ``nn.parallel``'s workers are: SciPy's wheel ships its own OpenBLAS, and two multi-threaded
-    OpenBLAS pools spinning side by side on two cores made a step twice as slow. Not for
-    ``nn.threads`` either: SciPy's BLAS wrappers hold Python's global lock while they run, so
-    two threads calling them take turns. Returns the previous setting."""
+    ``nn.parallel.DataParallel``'s training workers are: SciPy's wheel ships its own OpenBLAS,
+    and two multi-threaded OpenBLAS pools spinning side by side on two cores made a step twice
+    as slow. Not for ``nn.threads`` either: SciPy's BLAS wrappers hold Python's global lock
+    while they run, so two threads calling them take turns. And not for sampling: the sums come
+    out rounded differently (by about 1e-5 in a pixel after ten DDIM steps), and a model should
+    sample the same images bit for bit wherever it runs. Returns the previous setting."""
     saved, _GEMM_IN_PLACE[0] = _GEMM_IN_PLACE[0], bool(on)
     return saved
 

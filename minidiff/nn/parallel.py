@@ -149,10 +149,6 @@ def _cause(err):
 
 # ----------------------------------------------------------------------------- map
 
-def _init_map_worker():
-    """A one-thread worker: the convolutions may accumulate their GEMMs inside BLAS."""
-    conv_fast.use_gemm_in_place(True)
-
 
 def map_in_processes(fn, items, workers=2, callback=None):
     """``[fn(*args) for args in items]``, computed by ``workers`` fresh processes with one BLAS
@@ -163,7 +159,7 @@ def map_in_processes(fn, items, workers=2, callback=None):
         raise ValueError(f"`workers` must be a positive integer (got {workers!r})")
     items = [tuple(args) for args in items]
     results = []
-    pool = _pool(min(workers, len(items)) or 1, _init_map_worker)
+    pool = _pool(min(workers, len(items)) or 1)
     try:
         futures = [pool.submit(fn, *args) for args in items]
         for f in futures:
@@ -193,7 +189,10 @@ def _init_worker(loss_factory_pickle, params_name, grads_name, structure, shapes
     from .memory import keep_freed_memory
 
     keep_freed_memory()
-    conv_fast.use_gemm_in_place(True)  # this process's BLAS runs on one thread
+    # this process's BLAS runs on one thread: the convolutions may accumulate their GEMMs inside
+    # it. Training only: ``map_in_processes`` (sampling) keeps NumPy's order of additions, so a
+    # model samples the same images, bit for bit, in one process or in workers.
+    conv_fast.use_gemm_in_place(True)
     try:  # the worker shares the parent's resource tracker, which unlinks the blocks at the end
         p_shm = shared_memory.SharedMemory(name=params_name)
         g_shm = shared_memory.SharedMemory(name=grads_name)

@@ -52,16 +52,24 @@ def one_blas_thread():
     return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
-def map_in_threads(fn, items, threads=2):
+def map_in_threads(fn, items, threads=2, callback=None):
     """``[fn(*args) for args in items]`` on ``threads`` threads of this process, BLAS on one
-    thread each; results in order."""
+    thread each; results in order, ``callback(result)`` called after each, in order."""
     if not (isinstance(threads, int) and threads >= 1):
         raise ValueError(f"`threads` must be a positive integer (got {threads!r})")
-    items = [tuple(args) for args in items]
+    items, results = [tuple(args) for args in items], []
     if threads == 1 or len(items) <= 1:
-        return [fn(*args) for args in items]
+        for args in items:
+            results.append(fn(*args))
+            if callback is not None:
+                callback(results[-1])
+        return results
     with one_blas_thread(), concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda args: fn(*args), items))
+        for result in pool.map(lambda args: fn(*args), items):
+            results.append(result)
+            if callback is not None:
+                callback(result)
+    return results
 
 
 class ThreadParallel:
