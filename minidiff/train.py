@@ -163,9 +163,12 @@ def _planned(step, seconds_left, per_step, cooldown):
     return max(horizon, step + cooldown), cooldown
 
 
+_clock = time.perf_counter  # the budget's clock (a test replaces it with a fake one)
+
+
 def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=None, ema=0.999,
           ema_warmup=True, checkpoint_path=None, checkpoint_every=None, value_and_grad=None,
-          run=None, seconds=None, spent=0.0, plan_after=10, clock=time.perf_counter):
+          run=None, seconds=None, spent=0.0, plan_after=10, clock=None):
     """Run from ``state.step`` up to ``steps`` total steps, yielding one record per step.
 
     ``lr`` is the peak Adam rate, reached linearly over ``warmup`` steps and (``cooldown > 0``)
@@ -178,7 +181,8 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=N
     ``parallel.DataParallel``; ``loss`` is then not called).
 
     **Time budget.** With ``seconds``, the run stops after the first whole step that ends
-    ``seconds`` after the call (on ``clock``), and checkpoints there. ``steps=None`` plans the
+    ``seconds`` after the call (on ``clock``, default ``time.perf_counter``), and checkpoints
+    there. ``steps=None`` plans the
     length: after ``plan_after`` steps of this call, ``steps`` becomes the current step plus as
     many more as the measured speed fits into the budget (steps 2 to ``plan_after``, so the first
     step's start-up is not counted), and a fractional ``cooldown`` is resolved against it; until
@@ -200,6 +204,7 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=N
         value_and_grad = autograd.value_and_grad(loss)
     if steps is not None and isinstance(cooldown, float):
         cooldown = round(cooldown * steps)
+    clock = clock or _clock
     start = clock()
     first_done, taken = None, 0
     while steps is None or state.step < steps:

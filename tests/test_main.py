@@ -41,21 +41,27 @@ def test_train_with_workers_cooldown_v_target_and_p_uncond_records_them(tmp_path
 
 
 def test_train_for_minutes_plans_the_run_records_it_and_refuses_a_spent_budget(tmp_path,
-                                                                              capsys):
-    # A 1.2-second budget: the length is planned from the first 10 steps, the share of
-    # cool-down resolved against it; the run stops at the budget or the plan, whichever first.
+                                                                              capsys,
+                                                                              monkeypatch):
+    # A fake clock, one second a reading (one at the start, one after each step), so that the
+    # numbers do not depend on this machine's speed: --minutes 0.5 is 30 seconds; after 10
+    # steps (steps 2-10 took 9 s) 20 s are left, so the plan is 30 steps, a fifth of them the
+    # cool-down, and the budget runs out exactly at the plan's end.
+    from minidiff import train
+
+    ticks = iter(range(1, 10_000))
+    monkeypatch.setattr(train, "_clock", lambda: float(next(ticks)))
     out, ckpt = tmp_path / "u.npz", tmp_path / "u_train.npz"
-    argv = ["train", *TINY_UNET[:1], *TINY_UNET[3:], "--minutes", "0.02", "--cooldown", "20%",
+    argv = ["train", *TINY_UNET[:1], *TINY_UNET[3:], "--minutes", "0.5", "--cooldown", "20%",
             "--warmup", "2", "--out", str(out), "--checkpoint", str(ckpt)]
     assert main(argv) == 0
     _, _, _, meta = images.load_model(out)
-    assert meta["minutes"] == 0.02 and isinstance(meta["planned_steps"], int)
-    assert 10 <= meta["steps"] <= meta["planned_steps"]
-    assert meta["cooldown"] == round(0.2 * meta["planned_steps"])
-    assert meta["images_seen"] == 2 * meta["steps"] and meta["train_seconds"] >= 1.2
-    # the same command again: the budget is spent, and it says so
+    assert (meta["minutes"], meta["steps"], meta["planned_steps"]) == (0.5, 30, 30)
+    assert (meta["cooldown"], meta["train_seconds"], meta["images_seen"]) == (6, 30.0, 60)
+    # resumed with a budget smaller than what it has trained already: refused, and it says so
+    argv[argv.index("--minutes") + 1] = "0.25"
     assert main(argv + ["--overwrite"]) == 2
-    assert "has already trained" in _one_error_line(capsys)
+    assert "has already trained 0.5 min, the whole --minutes 0.25" in _one_error_line(capsys)
     assert main(["train", "classifier", "--minutes", "1", "--out", str(tmp_path / "c.npz")]) == 2
     assert "--minutes is a budget for unet and dit" in _one_error_line(capsys)
 
