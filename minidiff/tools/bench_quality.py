@@ -1,7 +1,7 @@
 """``make bench-quality``: what a training budget buys, as FD-MNIST and class agreement.
 
     python -m minidiff.tools.bench quality --model unet --minutes 15 [--seeds 0 1]
-                                           [--train-args "--channels 32 64 --batch-size 64"]
+                                           [--train-args "--num-res-blocks 2 --batch-size 64"]
 
 For each seed: ``python -m minidiff train MODEL --minutes N`` with the model's recipe (below;
 ``--train-args`` adds to it or overrides it), the run's length planned from its own speed so the
