@@ -2,6 +2,8 @@
 when PyTorch is installed, are the same models: the U-Net twin has exactly the numpy model's
 parameter count, and the DiT twin loaded with the numpy weights computes the same function."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -133,5 +135,20 @@ def test_quality_benchmark_trains_for_its_budget_samples_and_scores_both_splits(
         assert 0 <= r["agreement"] <= 1
     assert run["validation"] != run["test"]  # two different reference sets
     assert "validation FD-MNIST" in capsys.readouterr().out
-    # a second call reuses the weights and samples (no training, no sampling)
-    assert bench_quality.quality("unet", 1, [0], tmp_path, n=20, steps=2)[0]["steps"] == 12
+    # a second call reuses the weights and samples (no training, no sampling); a seed run in
+    # another call joins the report, which then holds both rows and their mean
+    recipe = argv[-1]
+    for suffix in (".npz", "_samples.npz"):
+        shutil.copy(tmp_path / f"unet_seed0{suffix}", tmp_path / f"unet_seed1{suffix}")
+    rows = bench_quality.quality("unet", 1, [1], tmp_path, recipe, n=20, steps=2)
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0] == run
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["runs"] == rows
+    assert report["mean"]["validation"]["ratio"] == pytest.approx(run["validation"]["ratio"])
+    assert "mean of 2 seeds" in capsys.readouterr().out
+    # the folder belongs to its recipe: another recipe must not reuse these weights
+    with pytest.raises(ValueError, match="other settings: recipe"):
+        bench_quality.quality("unet", 1, [0], tmp_path, n=20, steps=2)
+    with pytest.raises(SystemExit):
+        bench.main(argv[:-2] + ["--train-args", "--batch-size 8"])
+    assert "give a new --out" in capsys.readouterr().err

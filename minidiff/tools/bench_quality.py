@@ -13,7 +13,9 @@ only). Step time alone is not the point: a faster step is worth what it adds to 
 
 Everything goes to ``--out`` (``out/quality`` by default): the weights, the samples and
 ``report.json``. A run whose weights or samples are already there is not redone, so an
-interrupted benchmark continues where it stopped; a new recipe needs a new ``--out``.
+interrupted benchmark continues where it stopped, and seeds run in separate calls add up in one
+report (with their mean). A folder belongs to one recipe: other settings in the same ``--out``
+stop with an error rather than reuse weights trained otherwise.
 """
 
 import argparse
@@ -67,7 +69,9 @@ def quality(model, minutes, seeds, out, train_args="", n=1000, steps=100, guidan
     classifier = classifier or str(images.SHIPPED["classifier"])
     out.mkdir(parents=True, exist_ok=True)
     recipe = shlex.split(RECIPES[model]) + shlex.split(train_args)
-    rows = []
+    settings = {"model": model, "minutes": minutes, "recipe": " ".join(recipe), "n": n,
+                "sample_steps": steps, "guidance": guidance}
+    rows = _earlier_runs(out / "report.json", settings, seeds)
     for seed in seeds:
         weights = out / f"{model}_seed{seed}.npz"
         samples = out / f"{model}_seed{seed}_samples.npz"
@@ -86,10 +90,39 @@ def quality(model, minutes, seeds, out, train_args="", n=1000, steps=100, guidan
                      "sample_seconds": round(t2 - t1, 1) if t2 - t1 > 1 else None,
                      **score(samples, classifier)})
         print(format_row(model, rows[-1]), flush=True)
-    report = {"model": model, "minutes": minutes, "recipe": " ".join(recipe), "n": n,
-              "sample_steps": steps, "guidance": guidance, "runs": rows}
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        rows.sort(key=lambda r: r["seed"])
+        _write_report(out / "report.json", settings, rows)
+    if len(rows) > 1:
+        print(format_mean(rows), flush=True)
     return rows
+
+
+def _earlier_runs(path, settings, seeds):
+    """The rows of ``path`` for seeds other than ``seeds``, so that seeds run one call at a
+    time add up in one report; an error if ``path`` holds runs of other settings (its cached
+    weights and samples would be reused for a recipe they were not trained with)."""
+    if not path.exists():
+        _write_report(path, settings, [])  # claims the folder before anything is trained
+        return []
+    report = json.loads(path.read_text())
+    earlier = {k: report.get(k) for k in settings}
+    if earlier != settings:
+        changed = ", ".join(f"{k} {earlier[k]!r} (now {v!r})" for k, v in settings.items()
+                            if earlier[k] != v)
+        raise ValueError(f"--out {path.parent} holds runs of other settings: {changed}; give a "
+                         "new --out for a new recipe")
+    return [r for r in report["runs"] if r["seed"] not in seeds]
+
+
+def _write_report(path, settings, rows):
+    """``report.json``: the settings, one row per seed and, over two seeds or more, their
+    mean (written atomically: a new file renamed over the old)."""
+    report = {**settings, "runs": rows}
+    if len(rows) > 1:
+        report["mean"] = mean_of(rows)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def format_row(model, r):
@@ -98,6 +131,20 @@ def format_row(model, r):
             f"{r['train_seconds'] / 60:.1f} min | validation FD-MNIST {v['fd']:.2f}, ratio "
             f"{v['ratio']:.2f}, agreement {100 * v['agreement']:.1f}% | test: {t['fd']:.2f}, "
             f"ratio {t['ratio']:.2f}, {100 * t['agreement']:.1f}%")
+
+
+def mean_of(rows):
+    """Each split's FD-MNIST, ratio and agreement averaged over the seeds' rows."""
+    return {split: {k: round(sum(r[split][k] for r in rows) / len(rows), 4)
+                    for k in ("fd", "ratio", "agreement")} for split in ("validation", "test")}
+
+
+def format_mean(rows):
+    mean = mean_of(rows)
+    v, t = mean["validation"], mean["test"]
+    return (f"mean of {len(rows)} seeds | validation ratio {v['ratio']:.2f}, agreement "
+            f"{100 * v['agreement']:.1f}% | test: ratio {t['ratio']:.2f}, "
+            f"{100 * t['agreement']:.1f}%")
 
 
 def main(argv=None):
@@ -116,8 +163,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.minutes > 0:
         parser.error(f"--minutes must be positive (got {args.minutes})")
-    quality(args.model, args.minutes, args.seeds, Path(args.out), args.train_args, args.n,
-            args.steps, args.guidance, args.workers)
+    try:
+        quality(args.model, args.minutes, args.seeds, Path(args.out), args.train_args, args.n,
+                args.steps, args.guidance, args.workers)
+    except ValueError as e:
+        parser.error(str(e))
     print(f"-> {Path(args.out) / 'report.json'}")
     return 0
 
