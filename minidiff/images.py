@@ -203,13 +203,13 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
     The starting noise is drawn for all ``labels`` at once, so the images do not depend on how
     they are batched: ``workers > 1`` splits them over that many one-thread processes
     (``nn.parallel.map_in_processes``), and in one process the batches run on ``threads``
-    threads (``nn.threads.map_in_threads``; default ``default_threads()``). Each image goes
-    through the same operations in the same order however the batches are cut and run, so the
-    images are the same bit for bit (a test holds threads to it; the shipped U-Net's were also
-    checked so with two workers).
+    threads (``nn.threads.map_in_threads``; default ``default_threads()``). The batches are cut
+    the same way on any number of threads, and each image goes through the same operations in
+    the same order, so the images are the same bit for bit (a test holds threads to it; the
+    shipped U-Net's were also checked so with two workers, which cut the same batches).
     ``progress(k)`` is called after each batch of ``k`` images. Batches hold at most
-    ``batch_size`` images (``numpy.array_split`` sizes; with workers, a whole number of
-    rounds).
+    ``batch_size`` images (``numpy.array_split`` sizes, an even number of them; with workers, a
+    whole number of rounds).
 
     Two other kinds of guidance, at the same scale ``guidance``: ``bad = (apply, params,
     config)`` of a weaker conditional model is autoguidance (``guided_eps``); ``classifier`` (a
@@ -229,10 +229,13 @@ def sample(apply, params, config, labels, rng, steps=100, guidance=2.0, batch_si
     sched = sched or ddpm.schedule("linear")
     z = rng.standard_normal((len(labels), config.in_channels, config.resolution,
                              config.resolution)).astype(onp.float32)
-    chunks = max(1, -(-len(labels) // batch_size))
+    # The cut depends on `batch_size` alone, never on `threads`: BLAS may pick another kernel
+    # for another number of rows (OpenBLAS 0.3.31 does for small ones), which would change the
+    # last bits. An even number of batches keeps two threads equally busy.
+    chunks = 2 * -(-len(labels) // (2 * batch_size))
     threads = (threads or default_threads()) if workers == 1 else 1
-    if max(workers, threads) > 1:  # whole rounds: every worker equally busy
-        chunks = max(workers, threads) * -(-chunks // max(workers, threads))
+    if workers > 1:  # whole rounds: every worker equally busy
+        chunks = workers * -(-chunks // workers)
     chunks = min(chunks, len(labels))
     pieces = list(zip(onp.array_split(labels, chunks), onp.array_split(z, chunks), strict=True))
     if bad is not None and classifier is not None:
