@@ -152,3 +152,18 @@ def test_quality_benchmark_trains_for_its_budget_samples_and_scores_both_splits(
     with pytest.raises(SystemExit):
         bench.main(argv[:-2] + ["--train-args", "--batch-size 8"])
     assert "give a new --out" in capsys.readouterr().err
+
+
+def test_report_mean_averages_each_split_over_different_seeds():
+    # Two seeds with different numbers: the mean is the arithmetic mean of each field, per
+    # split (a first-row, max or pooled-split "mean" gives other values here).
+    from minidiff.tools import bench_quality
+
+    rows = [{"seed": s, "validation": {"fd": fd, "ratio": r, "agreement": a},
+             "test": {"fd": fd + 1, "ratio": r + 0.5, "agreement": a - 0.01}}
+            for s, (fd, r, a) in enumerate([(10.0, 2.0, 0.99), (12.0, 3.0, 0.96)])]
+    mean = bench_quality.mean_of(rows)
+    assert mean["validation"] == pytest.approx({"fd": 11.0, "ratio": 2.5, "agreement": 0.975})
+    assert mean["test"] == pytest.approx({"fd": 12.0, "ratio": 3.0, "agreement": 0.965})
+    assert bench_quality.format_mean(rows) == ("mean of 2 seeds | validation ratio 2.50, "
+                                               "agreement 97.5% | test: ratio 3.00, 96.5%")
