@@ -391,7 +391,8 @@ def parser():
     tr.add_argument("--minutes", type=positive, default=None,
                     help="unet, dit: a time budget; training stops after the step that reaches "
                          "it, checkpointed. Without --steps the run's length is planned from the "
-                         "speed of its first 10 steps, so a --cooldown ends with the budget")
+                         "speed of its first 10 steps and again when the cool-down begins, so a "
+                         "--cooldown ends with the budget")
     tr.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
     tr.add_argument("--lr", type=positive, default=1e-3, help="peak Adam learning rate")
     tr.add_argument("--warmup", type=count, default=200, help="steps of linear LR warm-up")

@@ -12,9 +12,10 @@
   exactly the numbers an uninterrupted one would have produced.
 - Per step: gradient, optional clipping by global norm, learning-rate warm-up, Adam, EMA.
 - A time budget (``seconds``) stops a run after a whole step, checkpointed; with ``steps=None``
-  the run's length is *planned* from the speed of its first steps, so the learning-rate
-  cool-down ends when the budget does. The plan is saved with the checkpoint (``plan_of``), so a
-  resumed run keeps the same schedule and stays bit-identical to one that was never stopped.
+  the run's length is *planned* from the speed of its first steps, and planned again from the
+  steps since when the cool-down begins, so the learning-rate cool-down ends when the budget
+  does. The plan is saved with the checkpoint (``plan_of``), so a run resumed in its cool-down
+  keeps the same schedule and stays bit-identical to one that was never stopped.
 """
 
 import dataclasses
@@ -75,9 +76,10 @@ def run_of(path):
 
 
 def plan_of(path):
-    """``{"steps", "cooldown", "seconds"}`` of a checkpoint written by ``train``: the run's
-    length and cool-down in steps (``steps`` None while not yet planned) and the seconds of
-    training it holds. ``None`` for a checkpoint that recorded none."""
+    """``{"steps", "cooldown", "seconds", "planned"}`` of a checkpoint written by ``train``:
+    the run's length and cool-down in steps (``steps`` None while not yet planned), the seconds
+    of training it holds, and whether the length was planned from a time budget (rather than
+    given). ``None`` for a checkpoint that recorded none."""
     return checkpoint.load(path)[1].get("plan")
 
 
@@ -118,11 +120,16 @@ def load_state(path):
 def budget(path, steps=None, cooldown=0, minutes=None, default_steps=1600):
     """``(steps, cooldown, spent, seconds)`` for ``train`` from a command line's ``--steps``,
     ``--cooldown`` and ``--minutes``. A run resumed from the checkpoint ``path`` keeps the length
-    and cool-down it planned (unless ``steps`` is given) and spends only what is left of the
-    budget; with neither ``steps`` nor a budget the run is ``default_steps`` long."""
-    plan = (plan_of(path) if path else None) or {}
+    and cool-down it had (unless ``steps`` is given) and spends only what is left of the budget;
+    except that a length planned from a budget whose cool-down has not begun is planned afresh
+    (``steps`` None), from the speed of the resumed run, as the run itself would have re-planned
+    at the cool-down. With neither ``steps`` nor a budget the run is ``default_steps`` long."""
+    meta = checkpoint.load(path)[1] if path else {}
+    plan = meta.get("plan") or {}
     spent = plan.get("seconds") or 0.0
-    if steps is None and plan.get("steps") is not None:
+    replan = (minutes is not None and plan.get("planned") and plan.get("steps") is not None
+              and meta["step"] < plan["steps"] - plan["cooldown"])
+    if steps is None and plan.get("steps") is not None and not replan:
         steps, cooldown = plan["steps"], plan["cooldown"]
     elif steps is None and minutes is None:
         steps = default_steps
@@ -186,7 +193,11 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=N
     length: after ``plan_after`` steps of this call, ``steps`` becomes the current step plus as
     many more as the measured speed fits into the budget (steps 2 to ``plan_after``, so the first
     step's start-up is not counted), and a fractional ``cooldown`` is resolved against it; until
-    then the rate is the warm-up's and the constant, which no plan changes. ``spent`` is the
+    then the rate is the warm-up's and the constant, which no plan changes. When the planned
+    cool-down is about to begin, the run is planned once more, from the speed of the steps since
+    the plan (the first steps can run faster than the rest: at 5% too many, a 20% cool-down was
+    cut a quarter short, its rate never reaching zero): the cool-down starts at once and takes
+    as many steps as the time left holds, so that it ends with the budget. ``spent`` is the
     training time an earlier part of the run used (``plan_of(path)["seconds"]``): it is only
     recorded, so pass the remaining budget as ``seconds``. Each record carries ``"steps"`` (the
     plan, ``None`` before it is made) and ``"seconds"`` (``spent`` plus this call's time).
@@ -206,7 +217,7 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=N
         cooldown = round(cooldown * steps)
     clock = clock or _clock
     start = clock()
-    first_done, taken = None, 0
+    first_done, taken, since_plan, planned = None, 0, None, steps is None
     while steps is None or state.step < steps:
         batch = batch_fn(state.rng)
         value, grads = value_and_grad(state.params, batch)
@@ -226,13 +237,18 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=N
         if steps is None and taken == plan_after:
             per_step = (now - first_done) / (plan_after - 1)
             steps, cooldown = _planned(state.step, seconds - (now - start), per_step, cooldown)
+            since_plan = (state.step, now) if state.step < steps - cooldown else None
+        elif since_plan and state.step == steps - cooldown:  # the cool-down begins: re-plan
+            per_step = (now - since_plan[1]) / (state.step - since_plan[0])
+            steps = state.step + max(1, int((seconds - (now - start)) / per_step))
+            cooldown, since_plan = steps - state.step, None
         out_of_time = seconds is not None and now - start >= seconds
         done = steps is not None and state.step >= steps
         if checkpoint_path is not None and (
             done or out_of_time or (checkpoint_every and state.step % checkpoint_every == 0)
         ):
             plan = {"steps": steps, "cooldown": cooldown if steps is not None else None,
-                    "seconds": round(spent + now - start, 3)}
+                    "seconds": round(spent + now - start, 3), "planned": planned}
             save_state(checkpoint_path, state, run, plan)
         yield {"step": state.step, "loss": value, "grad_norm": grad_norm, "lr": lr_now,
                "state": state, "steps": steps, "seconds": spent + now - start}

@@ -77,13 +77,16 @@ def test_bad_arguments_and_nan_loss_are_reported(tmp_path):
 
 class _Clock:
     """A fake clock: each reading is one tick later, so a time budget is counted in readings
-    (``train`` reads the clock once at the start and once after each step)."""
+    (``train`` reads the clock once at the start and once after each step); from reading
+    ``slow_after`` on, a tick is ``slow`` seconds (a machine that slows down after the plan)."""
 
-    def __init__(self):
-        self.now = 0.0
+    def __init__(self, slow_after=None, slow=1.0):
+        self.now, self.readings, self.slow_after, self.slow = 0.0, 0, slow_after, slow
 
     def __call__(self):
-        self.now += 1.0
+        self.readings += 1
+        slowed = self.slow_after is not None and self.readings > self.slow_after
+        self.now += self.slow if slowed else 1.0
         return self.now
 
 
@@ -97,7 +100,7 @@ def test_time_budget_plans_the_run_and_resumes_bit_identical(tmp_path):
                    clock=_Clock(), cooldown=0.25, checkpoint_path=ckpt)
     assert [r["steps"] for r in planned[:4]] == [None] * 4
     assert planned[4]["steps"] == len(planned) == 40
-    assert train.plan_of(ckpt) == {"steps": 40, "cooldown": 10, "seconds": 40.0}
+    assert train.plan_of(ckpt) == {"steps": 40, "cooldown": 10, "seconds": 40.0, "planned": True}
     # The same run with its length given: identical numbers, the cool-down included.
     fixed = _run(40, train.init_state(params, seed=2), cooldown=10)
     assert [r["lr"] for r in planned] == [r["lr"] for r in fixed]
@@ -110,10 +113,68 @@ def test_time_budget_plans_the_run_and_resumes_bit_identical(tmp_path):
     first = _run(40, train.init_state(params, seed=2), cooldown=10, seconds=12.0,
                  clock=_Clock(), checkpoint_path=cut)
     assert len(first) == 12 and train.load_state(cut).step == 12
-    assert train.plan_of(cut) == {"steps": 40, "cooldown": 10, "seconds": 12.0}
+    assert train.plan_of(cut) == {"steps": 40, "cooldown": 10, "seconds": 12.0,
+                                  "planned": False}
     rest = _run(40, train.load_state(cut), cooldown=10, spent=12.0)
     assert _same(rest[-1]["state"].params, fixed[-1]["state"].params)
     assert _same(rest[-1]["state"].ema, fixed[-1]["state"].ema)
+
+
+def test_a_run_that_slows_after_its_plan_plans_again_and_ends_its_cooldown_with_the_budget(
+        tmp_path):
+    _, params, _ = _setup()
+    # Steps 2-5 take 1 s each, so at step 5 (t = 6) the plan is 40 steps, 10 of them the
+    # cool-down (as in the test above); from step 20 on a step takes 1.5 s. When the cool-down
+    # would begin, after step 30 (t = 20 + 11 x 1.5 = 36.5), 40 - 35.5 = 4.5 s are left, three
+    # steps at the 30.5 / 25 = 1.22 s a step measured since the plan (four at the plan's 1 s):
+    # the run becomes 33 steps, the cool-down its last 3, and the budget runs out after step 33
+    # (t = 41) as the rate reaches its last value, 1e-2 / 3. Without the second plan, steps
+    # 30-32 would run at 1.0, 0.9 and 0.8 x 1e-2.
+    ckpt = tmp_path / "slow.npz"
+    rec = _run(None, train.init_state(params, seed=2), seconds=40.0, plan_after=5,
+               clock=_Clock(slow_after=20, slow=1.5), cooldown=0.25, checkpoint_path=ckpt)
+    assert len(rec) == 33 and [r["steps"] for r in rec[4:]] == [40] * 25 + [33] * 4
+    assert [r["lr"] for r in rec[5:30]] == [1e-2] * 25
+    assert [r["lr"] for r in rec[30:]] == pytest.approx([1e-2, 2e-2 / 3, 1e-2 / 3])
+    assert train.plan_of(ckpt) == {"steps": 33, "cooldown": 3, "seconds": 40.0, "planned": True}
+    # ...and the run with that schedule given is the same run, bit for bit.
+    fixed = _run(33, train.init_state(params, seed=2), cooldown=3)
+    assert _same(rec[-1]["state"].params, fixed[-1]["state"].params)
+
+
+def _planned_run_stopped_at(path, step, every):
+    """A 40 s budget on the one-tick clock (planned: 40 steps, the last 10 the cool-down),
+    stopped after ``step`` steps with a checkpoint every ``every``."""
+    loss, params, batch_fn = _setup()
+    records = train.train(loss, train.init_state(params, seed=2), batch_fn, None, lr=1e-2,
+                          warmup=5, clip=1.0, seconds=40.0, plan_after=5, clock=_Clock(),
+                          cooldown=0.25, checkpoint_path=path, checkpoint_every=every)
+    for _ in range(step):
+        next(records)
+
+
+def test_a_budgeted_run_resumed_before_its_cooldown_plans_afresh(tmp_path):
+    # Resumed before its cool-down, a planned run plans again from its own speed (as it would
+    # have at the cool-down); resumed in its cool-down, or with its length given, it keeps it.
+    early, late = tmp_path / "early.npz", tmp_path / "late.npz"
+    _planned_run_stopped_at(early, 12, every=10)  # the checkpoint holds step 10
+    assert train.plan_of(early) == {"steps": 40, "cooldown": 10, "seconds": 10.0,
+                                    "planned": True}
+    assert train.budget(early, None, 0.25, minutes=40 / 60) == (None, 0.25, 10.0, 30.0)
+    assert train.budget(early, 40, 10, minutes=40 / 60) == (40, 10, 10.0, 30.0)  # given
+    assert train.budget(early, None, 0.25) == (40, 10, 10.0, None)  # no budget to plan from
+    # the resumed run plans after 5 more steps (25 s left at t = 6) and ends with the budget
+    rest = _run(None, train.load_state(early), seconds=30.0, spent=10.0, plan_after=5,
+                clock=_Clock(), cooldown=0.25)
+    assert len(rest) == 30 and rest[-1]["steps"] == 40
+    assert rest[-1]["lr"] == pytest.approx(1e-2 / 10)
+    _planned_run_stopped_at(late, 35, every=5)  # step 35, in the cool-down (steps 30-39)
+    assert train.budget(late, None, 0.25, minutes=40 / 60) == (40, 10, 35.0, 5.0)
+    _, params, _ = _setup()
+    fixed = tmp_path / "fixed.npz"
+    _run(40, train.init_state(params, seed=2), cooldown=10, seconds=12.0, clock=_Clock(),
+         checkpoint_path=fixed)
+    assert train.budget(fixed, None, 0.25, minutes=40 / 60) == (40, 10, 12.0, 28.0)
 
 
 def test_a_small_budget_never_plans_a_cooldown_into_the_past():
