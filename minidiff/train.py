@@ -265,8 +265,8 @@ def fit(loss, state, batch_fn, steps, *, progress=True, desc="train", **kwargs):
         for record in bar:
             state_out = record["state"]
             losses.append(record["loss"])
-            if bar.total is None and record["steps"] is not None:  # the plan was just made
-                bar.total = record["steps"] - state.step
+            if record["steps"] is not None and bar.total != record["steps"] - state.step:
+                bar.total = record["steps"] - state.step  # the plan was just made, or re-made
     return state_out, onp.asarray(losses)
 
 
