@@ -25,8 +25,8 @@ from pathlib import Path
 
 import autograd.numpy as np
 import numpy as onp
-from autograd.scipy.special import logsumexp
 
+from .nn import logsumexp
 from .nn.checkpoint import atomic_write
 
 

@@ -26,8 +26,8 @@ import math
 
 import autograd.numpy as np
 import numpy as onp
-from autograd.scipy.special import logsumexp
 
+from .nn import logsumexp
 from .targets import eps_from_score
 
 

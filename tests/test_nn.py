@@ -45,6 +45,29 @@ def test_sigmoid_primitive_passes_check_grads_and_keeps_dtype():
     assert g.dtype == np.float32 and np.array_equal(g, [0.0, 0.5, 1.0])
 
 
+@pytest.mark.parametrize("axis, keepdims", [(None, False), (0, False), (1, True), (-1, False)])
+def test_logsumexp_matches_scipy_and_its_gradient_is_the_softmax(axis, keepdims, rng):
+    from scipy.special import logsumexp, softmax
+
+    x = rng.normal(size=(3, 4)) * 5
+    np.testing.assert_allclose(nn.logsumexp(x, axis, keepdims),
+                               logsumexp(x, axis, keepdims=keepdims), rtol=1e-14)
+    check_grads(lambda x: nn.logsumexp(x, axis, keepdims), modes=["rev"], order=2)(x)
+    g = autograd.grad(lambda x: np.sum(nn.logsumexp(x, axis, keepdims)))(x)
+    np.testing.assert_allclose(g, softmax(x, axis=axis), rtol=1e-13)
+
+
+def test_logsumexp_neither_overflows_nor_promotes():
+    # float32 exp overflows past 88.7; the shift by the maximum keeps every exp at most 1
+    x = np.array([[1000.0, 1000.0], [-np.inf, -np.inf], [-1000.0, 0.0]], np.float32)
+    out = nn.logsumexp(x, axis=1)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [1000.0 + math.log(2), -np.inf, 0.0], rtol=1e-6)
+    g = autograd.grad(lambda x: np.sum(nn.logsumexp(x[[0, 2]], axis=1)))(x)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g[[0, 2]], [[0.5, 0.5], [0.0, 1.0]])
+
+
 def test_silu_matches_definition_and_is_stable():
     x = np.array([-1000.0, -3.0, 0.0, 2.0, 1000.0])
     np.testing.assert_allclose(nn.silu(x), x / (1 + np.exp(-np.clip(x, -700, 700))), atol=1e-300)

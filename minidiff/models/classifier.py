@@ -17,9 +17,8 @@ trained on noised images, because it is asked about ``x_t`` at every step of the
 
 import autograd.numpy as np
 import numpy as onp
-from autograd.scipy.special import logsumexp
 
-from ..nn import init_linear, linear, mean, silu, sinusoidal_embedding
+from ..nn import init_linear, linear, logsumexp, mean, silu, sinusoidal_embedding
 from ..nn.conv import avg_pool2, conv2d
 
 

@@ -29,9 +29,8 @@ import math
 
 import autograd.numpy as np
 import numpy as onp
-from autograd.scipy.special import logsumexp
 
-from ..nn import gelu, init_linear, linear, modulated_layer_norm
+from ..nn import gelu, init_linear, linear, logsumexp, modulated_layer_norm
 from ..nn.attention import attention
 from ..nn.conv import conv2d, group_norm_act
 

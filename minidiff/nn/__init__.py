@@ -7,6 +7,7 @@ from .layers import (
     init_fourier,
     init_linear,
     linear,
+    logsumexp,
     mean,
     modulated_layer_norm,
     sigmoid,
@@ -36,6 +37,7 @@ from .tree import (
 
 __all__ = [
     "checkpoint", "fourier_embedding", "init_fourier", "init_linear", "linear", "mean", "sigmoid",
+    "logsumexp",
     "gelu", "modulated_layer_norm",
     "silu", "sinusoidal_embedding", "adam_init", "adam_update", "clip_by_global_norm",
     "ema_decay", "ema_update", "global_norm", "warmup_lr", "lr_schedule", "tree_cast", "tree_dot",
