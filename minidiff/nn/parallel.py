@@ -88,7 +88,7 @@ def _pack(tree, out):
     return out
 
 
-def _peak_kb():
+def peak_kb():
     """This process's peak resident memory in KB: ``VmHWM`` from ``/proc/self/status`` where
     Linux has it (``ru_maxrss`` can still count the parent's memory from before the ``exec``),
     else ``ru_maxrss``."""
@@ -217,7 +217,7 @@ def _shard_value_and_grad(slot, shard):
     _ready()
     value, grads = _WORKER["value_and_grad"](_WORKER["params"], shard)
     _pack(grads, _WORKER["grads"][slot])
-    return float(value), os.getpid(), _peak_kb()
+    return float(value), os.getpid(), peak_kb()
 
 
 class DataParallel:

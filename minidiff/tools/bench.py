@@ -103,9 +103,11 @@ def _torch_stepper(model, batch):
 
 
 def _peak_gb():
-    import resource
+    # VmHWM, not ru_maxrss: a child started by this benchmark's process (which has imported
+    # PyTorch) keeps that process's peak in ru_maxrss across the exec
+    from minidiff.nn.parallel import peak_kb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KB -> GB
+    return peak_kb() / 1024**2  # KB -> GB
 
 
 def _numpy_step(model, batch, repeats):
