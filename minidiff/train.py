@@ -237,7 +237,7 @@ def train(loss, state, batch_fn, steps, *, lr=1e-3, warmup=0, cooldown=0, clip=N
         if steps is None and taken == plan_after:
             per_step = (now - first_done) / (plan_after - 1)
             steps, cooldown = _planned(state.step, seconds - (now - start), per_step, cooldown)
-            since_plan = (state.step, now) if state.step < steps - cooldown else None
+            since_plan = (state.step, now) if 0 < cooldown < steps - state.step else None
         elif since_plan and state.step == steps - cooldown:  # the cool-down begins: re-plan
             per_step = (now - since_plan[1]) / (state.step - since_plan[0])
             steps = state.step + max(1, int((seconds - (now - start)) / per_step))

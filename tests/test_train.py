@@ -140,6 +140,12 @@ def test_a_run_that_slows_after_its_plan_plans_again_and_ends_its_cooldown_with_
     # ...and the run with that schedule given is the same run, bit for bit.
     fixed = _run(33, train.init_state(params, seed=2), cooldown=3)
     assert _same(rec[-1]["state"].params, fixed[-1]["state"].params)
+    # Without a cool-down there is nothing to re-plan: a machine that speeds up after the plan
+    # (0.5 s a step from step 6 on) ends the planned 40 steps early, at the peak rate throughout.
+    rec = _run(None, train.init_state(params, seed=2), seconds=40.0, plan_after=5,
+               clock=_Clock(slow_after=6, slow=0.5), cooldown=0, checkpoint_path=ckpt)
+    assert len(rec) == 40 and [r["lr"] for r in rec[5:]] == [1e-2] * 35
+    assert train.plan_of(ckpt) == {"steps": 40, "cooldown": 0, "seconds": 22.5, "planned": True}
 
 
 def _planned_run_stopped_at(path, step, every):
