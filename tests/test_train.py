@@ -78,7 +78,8 @@ def test_bad_arguments_and_nan_loss_are_reported(tmp_path):
 class _Clock:
     """A fake clock: each reading is one tick later, so a time budget is counted in readings
     (``train`` reads the clock once at the start and once after each step); from reading
-    ``slow_after`` on, a tick is ``slow`` seconds (a machine that slows down after the plan)."""
+    ``slow_after`` on, a tick is ``slow`` seconds (a machine whose speed changes after the plan:
+    slower for ``slow > 1``, faster for ``slow < 1``)."""
 
     def __init__(self, slow_after=None, slow=1.0):
         self.now, self.readings, self.slow_after, self.slow = 0.0, 0, slow_after, slow
